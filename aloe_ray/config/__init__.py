@@ -1,0 +1,33 @@
+"""Job configs: one pydantic class per job, built from small sub-configs.
+
+Values come from the class defaults, then `--config file.yaml`, then `--key.sub=value` flags.
+"""
+
+from aloe_ray.config.base import RayConfig, StorageConfig, StrictModel
+from aloe_ray.config.engines import EngineBackend, EngineConfig, RoleConfig, SamplingConfig
+from aloe_ray.config.generate import (
+    ContinuationPolicy,
+    GenerateTreesConfig,
+    PersonaSourceConfig,
+    RolesConfig,
+    TreeConfig,
+)
+from aloe_ray.config.loader import ConfigError, load_config, save_config
+
+__all__ = [
+    "ConfigError",
+    "ContinuationPolicy",
+    "EngineBackend",
+    "EngineConfig",
+    "GenerateTreesConfig",
+    "PersonaSourceConfig",
+    "RayConfig",
+    "RoleConfig",
+    "RolesConfig",
+    "SamplingConfig",
+    "StorageConfig",
+    "StrictModel",
+    "TreeConfig",
+    "load_config",
+    "save_config",
+]

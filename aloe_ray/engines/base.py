@@ -1,0 +1,67 @@
+"""The chat-engine interface every model role uses. Pure: no Ray, no torch.
+
+An engine takes a batch of chats with per-request sampling (seed included) and returns one
+completion per chat. A request with `choices` asks for a constrained answer: the engine returns
+the most probable choice as text and, where the backend can tell, a probability per choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 96
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    choices: tuple[str, ...] | None = None
+    """If set, the reply must be one of these strings (e.g. judge letters or scores)."""
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise ValueError("a chat request needs at least one message")
+        for m in self.messages:
+            if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+                raise ValueError(f"malformed chat message: {m!r}")
+        if self.choices is not None and len(self.choices) < 2:
+            raise ValueError("choices needs at least two options")
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    """'stop' (end of message), 'length' (hit max_tokens) or 'choice' (constrained answer)."""
+    prompt_tokens: int
+    completion_tokens: int
+    model: str = ""
+    choice_probs: list[float] | None = None
+    """For requests with choices: probability of each choice, in order, when the backend knows."""
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """What tree growth, persona generation and evaluation call."""
+
+    model_name: str
+
+    async def chat(self, requests: Sequence[ChatRequest], affinity: str | None = None) -> list[Completion]:
+        """One completion per request, in order. `affinity` groups requests of one conversation so
+        a pooled engine can send them to the same replica (prefix cache)."""
+        ...
+
+
+class EngineError(RuntimeError):
+    """An engine call that failed after its retries."""

@@ -1,0 +1,89 @@
+"""Arrow schemas of every table, declared once. Each field carries its meaning as metadata.
+
+Tables live under one run root: `<output>/<run_id>/<table>/part-*.parquet`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+PERSONAS = pa.schema([
+    _f("persona_id", pa.string(), "Stable id: hash of profile and personality text.", False),
+    _f("profile", pa.string(), "Objective facts about the user (age, job, family, hobbies...).", False),
+    _f("personality", pa.string(), "Traits and conversational style only.", False),
+    _f("profile_id", pa.string(), "Stable id of the profile text."),
+    _f("personality_id", pa.string(), "Stable id of the personality text."),
+    _f("split", pa.string(), "'train' or 'benchmark' (held out)."),
+    _f("source", pa.string(), "Where the persona came from: seeds, reference JSONL, a generation round..."),
+])
+
+NODES = pa.schema([
+    _f("run_id", pa.string(), "Run that grew the tree.", False),
+    _f("tree_id", pa.string(), "Tree the node belongs to.", False),
+    _f("node_id", pa.string(), "Deterministic id: hash of tree id and path.", False),
+    _f("parent_id", pa.string(), "Parent node; null for the first user message."),
+    _f("path", pa.string(), "Position in the tree, e.g. 'u1/a0/u2/a1' (a = candidate index)."),
+    _f("turn", pa.int32(), "Turn number, 1-based; a user message and its candidates share it.", False),
+    _f("role", pa.string(), "'user' (simulated user message) or 'assistant' (a candidate reply).", False),
+    _f("text", pa.string(), "The message text.", False),
+    _f("candidate_index", pa.int32(), "Assistant nodes: index among the turn's candidates."),
+    _f("personalized", pa.bool_(), "Assistant nodes: written with the induced persona as hint."),
+    _f("label", pa.string(), "Assistant nodes: 'chosen' or 'rejected' by the judge."),
+    _f("continued", pa.bool_(), "The conversation continues from this node (policy)."),
+    _f("induced_profile", pa.string(), "User nodes: profile facts revealed so far (inducer)."),
+    _f("induced_personality", pa.string(), "User nodes: personality traits revealed so far (inducer)."),
+    _f("induced_ok", pa.bool_(), "User nodes: the inducer's reply parsed (else fields are null)."),
+    _f("induced_raw", pa.string(), "User nodes: the inducer's raw reply (last attempt)."),
+    _f("judge_choice", pa.int32(), "User nodes: candidate index the judge preferred."),
+    _f("judge_probs", pa.list_(pa.float32()), "User nodes: judge's probability per candidate, if known."),
+    _f("judge_raw", pa.string(), "User nodes: the judge's raw reply (last attempt)."),
+    _f("model", pa.string(), "Model that wrote the text (simulator or responder)."),
+    _f("inducer_model", pa.string(), "User nodes: model of the persona inducer."),
+    _f("judge_model", pa.string(), "User nodes: model of the judge."),
+    _f("prompt_version", pa.string(), "Version of the prompt templates.", False),
+    _f("seed", pa.int64(), "Sampling seed of the request that wrote the text."),
+    _f("prompt_tokens", pa.int32(), "Prompt tokens of that request."),
+    _f("completion_tokens", pa.int32(), "Generated tokens of that request."),
+    _f("finish_reason", pa.string(), "'stop', 'length'..."),
+    _f("latency_s", pa.float64(), "Seconds the request took, retries included."),
+    _f("attempts", pa.int32(), "Tries the request needed."),
+])
+
+TREES = pa.schema([
+    _f("run_id", pa.string(), "Run that grew the tree.", False),
+    _f("tree_id", pa.string(), "Deterministic id: hash of run id, persona id, sample index, seed.", False),
+    _f("persona_id", pa.string(), "Persona the user simulator played.", False),
+    _f("profile", pa.string(), "The persona's profile.", False),
+    _f("personality", pa.string(), "The persona's personality.", False),
+    _f("sample_index", pa.int32(), "Index among trees of the same persona.", False),
+    _f("status", pa.string(), "'ok' or 'failed'.", False),
+    _f("failure_reason", pa.string(), "Why the tree failed (null when ok)."),
+    _f("policy", pa.string(), "Continuation policy."),
+    _f("turns", pa.int32(), "Deepest turn reached."),
+    _f("num_nodes", pa.int32(), "Nodes written for the tree."),
+    _f("num_pairs", pa.int32(), "Judged turns (each yields chosen/rejected pairs)."),
+    _f("llm_calls", pa.int32(), "Engine requests made, retries included."),
+    _f("prompt_tokens", pa.int64(), "Prompt tokens over all requests."),
+    _f("completion_tokens", pa.int64(), "Generated tokens over all requests."),
+    _f("latency_s", pa.float64(), "Wall seconds the tree took to grow."),
+    _f("seed", pa.int64(), "Tree seed."),
+    _f("models", pa.string(), "JSON: model of each role."),
+    _f("prompt_version", pa.string(), "Version of the prompt templates.", False),
+    _f("finished_at", pa.timestamp("us", tz="UTC"), "When the tree was written."),
+])
+
+TABLES = {"personas": PERSONAS, "nodes": NODES, "trees": TREES}
+
+
+def describe(schema: pa.Schema) -> str:
+    """A Markdown table of a schema's columns (for docs)."""
+    rows = ["| column | type | meaning |", "|---|---|---|"]
+    for field in schema:
+        doc = (field.metadata or {}).get(b"doc", b"").decode()
+        rows.append(f"| `{field.name}` | {field.type} | {doc} |")
+    return "\n".join(rows)
