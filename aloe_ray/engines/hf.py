@@ -164,7 +164,7 @@ class HFEngine:
         with torch.inference_mode():
             while True:
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True)
+                                 cache=cache, use_cache=True)
                 logits = out.logits[:, -1, :].float().cpu()
                 keep, next_ids = [], []
                 for row, i in enumerate(active):

@@ -1,0 +1,143 @@
+"""Tree generation end to end: validate inputs, start engine pools, stream specs through Ray Data,
+commit parts, report progress, write the manifest."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import pyarrow.compute as pc
+
+from aloe_ray.config import GenerateTreesConfig, save_config
+from aloe_ray.engines.models import check_model_spec
+from aloe_ray.config.engines import EngineBackend
+from aloe_ray.personas.loaders import load_personas
+from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.prompts import PROMPT_VERSION
+from aloe_ray.schema import NODES, TREES
+from aloe_ray.storage import S3Options
+from aloe_ray.trees import TreeShape, make_tree_specs
+
+PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "pyarrow", "vllm", "openai")
+
+
+def s3_options(cfg: GenerateTreesConfig) -> S3Options:
+    return S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
+
+
+def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print) -> dict:
+    """Grow the configured trees into `<output>/<run_id>/`; returns the manifest."""
+    started = time.time()
+    s3 = s3_options(cfg)
+    # Bad input fails here, before Ray starts or any model loads.
+    personas = load_personas(cfg.personas, s3)
+    specs = make_tree_specs(cfg.run_id, personas, samples_per_persona=cfg.samples_per_persona,
+                            seed=cfg.seed, limit=cfg.num_trees)
+    for name, engine in cfg.engines.items():
+        if engine.backend != EngineBackend.openai:
+            check_model_spec(engine.model)
+    shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
+
+    out = RunOutput(cfg.output, cfg.run_id, s3)
+    out_config = save_config(cfg)
+    from aloe_ray import storage
+
+    storage.write_text(out.file("config.yaml"), out_config, s3)
+    recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
+    done = recovered.ok | recovered.failed
+    pending = [s for s in specs if s.tree_id not in done]
+    log(f"[aloe-ray] run {cfg.run_id}: {len(specs)} trees requested from {len(personas)} personas; "
+        f"{len(recovered.ok)} already done, {len(pending)} to grow -> {out.root}")
+    if recovered.orphan_parts_removed or recovered.failed_rows_dropped:
+        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s), "
+            f"{recovered.failed_rows_dropped} failed tree(s) will be grown again")
+
+    engine_stats: dict = {}
+    if pending:
+        engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+    manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
+    out.write_json("manifest.json", manifest)
+    c = manifest["counts"]
+    log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
+        f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
+    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file('manifest.json')}")
+    return manifest
+
+
+def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total: int, already: int, log) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from aloe_ray.engines.pool import EnginePool, start_engine_pools
+    from aloe_ray.pipeline.grower import TreeGrower
+    from aloe_ray.pipeline.progress import Progress
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
+                 log_to_driver=True)
+    DataContext.get_current().enable_progress_bars = False
+    log(f"[aloe-ray] starting engine pools: {', '.join(f'{n} ({e.backend.value}: {e.model} x{e.replicas})' for n, e in cfg.engines.items())}")
+    pools = start_engine_pools(cfg.engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
+    p = cfg.pipeline
+    ds = ray.data.from_items([s.to_row() for s in pending],
+                             override_num_blocks=math.ceil(len(pending) / p.trees_per_part))
+    ds = ds.map_batches(
+        TreeGrower,
+        batch_size=p.trees_per_part,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=p.grower_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
+                                  max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
+        num_cpus=p.grower_num_cpus,
+        fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out},
+    )
+    in_flight = p.grower_actors * p.parts_in_flight_per_actor * p.trees_per_part
+    progress = Progress(total=total, already_done=already, in_flight_cap=in_flight,
+                        interval_s=p.progress_interval_s, log=log)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        progress.update(batch.to_pylist())
+    progress.report()
+    for tree_id, reason in progress.failures[:5]:
+        log(f"[aloe-ray] failed {tree_id}: {reason}")
+    stats = {}
+    for name, pool in pools.items():
+        if isinstance(pool, EnginePool):
+            stats[name] = ray.get([h.stats.remote() for h in pool.handles])
+    return stats
+
+
+def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
+    trees = out.read("trees")
+    nodes_count = out.read("nodes").num_rows
+    ok = trees.filter(pc.equal(trees["status"], "ok"))
+    return {
+        "run_id": cfg.run_id,
+        "job": "generate_trees",
+        "output": out.root,
+        "prompt_version": PROMPT_VERSION,
+        "counts": {
+            "trees_requested": requested,
+            "trees_ok": ok.num_rows,
+            "trees_failed": trees.num_rows - ok.num_rows,
+            "nodes": nodes_count,
+            "pairs": int(pc.sum(ok["num_pairs"]).as_py() or 0),
+            "prompt_tokens": int(pc.sum(trees["prompt_tokens"]).as_py() or 0),
+            "completion_tokens": int(pc.sum(trees["completion_tokens"]).as_py() or 0),
+        },
+        "timing": {"wall_s": time.time() - started},
+        "engines": engine_stats,
+        "tables": {"nodes": NODES.names, "trees": TREES.names},
+        "packages": _versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def _versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,45 @@
+"""The Ray Data stage that grows trees: an async callable class, one part per batch.
+
+Each actor holds engine clients (handles of the shared engine pools: no weights here) and grows
+the trees of several batches at once as asyncio tasks, so engines see many conversations'
+requests at a time and no tree waits for another's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pyarrow as pa
+
+from aloe_ray.config.generate import RolesConfig
+from aloe_ray.engines.base import ChatEngine, Sampling
+from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.trees import RoleBinding, TreeRoles, TreeShape, TreeSpec, grow_tree
+
+SUMMARY_COLUMNS = ("tree_id", "status", "failure_reason", "num_nodes", "num_pairs",
+                   "prompt_tokens", "completion_tokens", "llm_calls", "part")
+
+
+def bind_roles(roles: RolesConfig, engines: dict[str, ChatEngine]) -> TreeRoles:
+    def bind(name: str) -> RoleBinding:
+        cfg = getattr(roles, name)
+        s = cfg.sampling
+        return RoleBinding(engines[cfg.engine], Sampling(s.temperature, s.top_p, s.max_tokens), cfg.max_attempts)
+
+    return TreeRoles(*(bind(r) for r in ("simulator", "inducer", "responder", "judge")))
+
+
+class TreeGrower:
+    def __init__(self, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape, output: RunOutput):
+        self.roles = bind_roles(roles, engines)
+        self.shape = shape
+        self.output = output
+
+    async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
+        specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]
+        results = await asyncio.gather(*(grow_tree(s, self.roles, self.shape) for s in specs))
+        part = await asyncio.to_thread(self.output.commit, results)
+        summary = {c: [r.tree.get(c) for r in results] for c in SUMMARY_COLUMNS if c != "part"}
+        summary["part"] = [part] * len(results)
+        yield summary

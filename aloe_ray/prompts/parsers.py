@@ -1,0 +1,62 @@
+"""Parsers of model replies. Each returns None when the reply does not parse; callers retry and
+then record the raw reply, never guess a label."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NONE = {"", "none", "nothing", "n/a", "na", "unknown", "nothing yet", "not revealed", "-"}
+
+
+@dataclass(frozen=True)
+class InducedPersona:
+    profile: str
+    personality: str
+
+
+_SECTION = re.compile(r"^\W*(profile|personality)\W*:\s*(.*)$", re.IGNORECASE)
+
+
+def parse_induced(reply: str) -> InducedPersona | None:
+    """Parse 'PROFILE: ...' / 'PERSONALITY: ...' sections (any case, markdown decoration allowed,
+    values may continue on following lines). Both sections must be present."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in reply.splitlines():
+        m = _SECTION.match(line.strip())
+        if m:
+            current = m.group(1).lower()
+            if current in found:  # a repeated section: the reply is rambling, keep the first
+                current = None
+                continue
+            found[current] = [m.group(2).strip()]
+        elif current and line.strip():
+            found[current].append(line.strip())
+    if set(found) != {"profile", "personality"}:
+        return None
+
+    def clean(parts: list[str]) -> str:
+        text = "; ".join(p for p in (part.lstrip("-*• ").strip() for part in parts) if p)
+        return "" if text.lower().strip(" .") in _NONE else text
+
+    return InducedPersona(profile=clean(found["profile"]), personality=clean(found["personality"]))
+
+
+def parse_choice(reply: str, choices: tuple[str, ...]) -> int | None:
+    """Index of the one choice a free-text verdict names ('B', 'B.', '**B**', 'Reply B is better'),
+    else None. A reply naming several choices, or none, does not parse; a leading article
+    ('A lot depends...') is not read as a verdict."""
+    text = reply.strip()
+    if text in choices:
+        return choices.index(text)
+    alternatives = "|".join(re.escape(c) for c in choices)
+    lead = re.match(rf"^[\W_]*({alternatives})(?:[.,:;)!*\]]|\s*$)", text)
+    if lead:
+        return choices.index(lead.group(1))
+    named = {m.upper() for m in re.findall(
+        rf"\b(?:reply|response|option|answer|candidate)\s*[:#]?\s*({alternatives})\b", text, re.IGNORECASE)}
+    upper = [c.upper() for c in choices]
+    if len(named) == 1:
+        return upper.index(named.pop())
+    return None

@@ -1,0 +1,34 @@
+"""Grow persona-conditioned multi-turn preference trees into Parquet.
+
+Run it (same code three ways):
+    python jobs/generate_trees.py                                  # local Ray, bundled model, ./aloe-data
+    RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . \\
+        -- python jobs/generate_trees.py --config my.yaml          # a running cluster
+    (KubeRay RayJob entrypoint: python jobs/generate_trees.py --config ...)
+Options: --help lists every config key; --key.sub=value overrides one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aloe_ray.config import ConfigError, GenerateTreesConfig, load_config
+    from aloe_ray.engines.models import ModelNotFoundError
+    from aloe_ray.personas.loaders import PersonaFileError
+    from aloe_ray.storage import StorageError
+
+    try:
+        cfg = load_config(GenerateTreesConfig, argv, prog="python jobs/generate_trees.py")
+        from aloe_ray.pipeline.generate import run_generation
+
+        manifest = run_generation(cfg)
+    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if manifest["counts"]["trees_ok"] + manifest["counts"]["trees_failed"] >= manifest["counts"]["trees_requested"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
