@@ -13,14 +13,21 @@ from __future__ import annotations
 import sys
 
 
+def parse_config(argv: list[str] | None = None):
+    """The job's resolved config (defaults, --config file, flags); nothing heavy runs."""
+    from aloe_ray.config import GenerateTreesConfig, load_config
+
+    return load_config(GenerateTreesConfig, argv, prog="python jobs/generate_trees.py")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from aloe_ray.config import ConfigError, GenerateTreesConfig, load_config
+    from aloe_ray.config import ConfigError
     from aloe_ray.engines.models import ModelNotFoundError
     from aloe_ray.personas.loaders import PersonaFileError
     from aloe_ray.storage import StorageError
 
     try:
-        cfg = load_config(GenerateTreesConfig, argv, prog="python jobs/generate_trees.py")
+        cfg = parse_config(argv)
         from aloe_ray.pipeline.generate import run_generation
 
         manifest = run_generation(cfg)

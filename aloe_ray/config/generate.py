@@ -148,6 +148,11 @@ class GenerateTreesConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     """Where Ray runs."""
 
+    def used_engines(self) -> dict[str, EngineConfig]:
+        """The engine pools some role refers to (only these are started)."""
+        names = {getattr(self.roles, role).engine for role in RolesConfig.model_fields}
+        return {name: cfg for name, cfg in self.engines.items() if name in names}
+
     @model_validator(mode="after")
     def _roles_name_engines(self) -> GenerateTreesConfig:
         for role in RolesConfig.model_fields:

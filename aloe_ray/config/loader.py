@@ -30,12 +30,22 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
         print(config_help(cls, prog=prog))
         raise SystemExit(0)
     config_file, overrides = _split_args(argv)
-    data: dict[str, Any] = {}
+    # Start from the defaults as the parent models set them, so that overriding one field of a
+    # sub-config (say a role's temperature) keeps that sub-config's other non-generic defaults.
+    data: dict[str, Any] = cls().model_dump(mode="json")
     if config_file:
-        data = _read_yaml(config_file)
+        _merge(data, _read_yaml(config_file))
     for key, raw in overrides:
         _set_path(data, key, _parse_value(raw))
     return validate_config(cls, data, source=config_file)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def validate_config(cls: type[T], data: dict[str, Any], *, source: str | None = None) -> T:

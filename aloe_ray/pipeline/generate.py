@@ -35,7 +35,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     personas = load_personas(cfg.personas, s3)
     specs = make_tree_specs(cfg.run_id, personas, samples_per_persona=cfg.samples_per_persona,
                             seed=cfg.seed, limit=cfg.num_trees)
-    for name, engine in cfg.engines.items():
+    for engine in cfg.used_engines().values():
         if engine.backend != EngineBackend.openai:
             check_model_spec(engine.model)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
@@ -78,8 +78,10 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
                  log_to_driver=True)
     DataContext.get_current().enable_progress_bars = False
-    log(f"[aloe-ray] starting engine pools: {', '.join(f'{n} ({e.backend.value}: {e.model} x{e.replicas})' for n, e in cfg.engines.items())}")
-    pools = start_engine_pools(cfg.engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
+    engines = cfg.used_engines()
+    log("[aloe-ray] starting engine pools: "
+        + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
+    pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     p = cfg.pipeline
     ds = ray.data.from_items([s.to_row() for s in pending],
                              override_num_blocks=math.ceil(len(pending) / p.trees_per_part))

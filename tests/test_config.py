@@ -1,0 +1,90 @@
+"""Job configs: precedence, strictness, clear errors, help, saved resolved config."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from aloe_ray.config import ConfigError, GenerateTreesConfig, load_config, save_config
+from aloe_ray.config.loader import config_help
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "run_id": "from-file",
+        "tree": {"max_turns": 4, "policy": "chosen"},
+        "engines": {"default": {"replicas": 2}, "judge": {"backend": "openai", "model": "gpt-x",
+                                                           "base_url": "http://127.0.0.1:9/v1"}},
+        "roles": {"judge": {"engine": "judge"}},
+    }))
+    cfg = load_config(GenerateTreesConfig, ["--config", str(cfg_file), "--tree.max_turns=6",
+                                            "--roles.simulator.sampling.temperature", "0.2"])
+    assert cfg.run_id == "from-file"
+    assert cfg.tree.max_turns == 6  # flag beats file
+    assert cfg.tree.policy.value == "chosen"  # file beats default
+    assert cfg.tree.num_candidates == 2  # default kept
+    assert cfg.engines["default"].replicas == 2
+    assert cfg.roles.judge.engine == "judge"
+    assert cfg.roles.simulator.sampling.temperature == 0.2
+    assert cfg.roles.simulator.sampling.max_tokens == 48  # role-specific default survives
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--tree.max_turnz=3"], "unknown key 'tree.max_turnz'; did you mean 'max_turns'?"),
+    (["--tree.policy=best"], "tree.policy: Input should be 'chosen', 'random' or 'all' (got 'best')"),
+    (["--tree.num_candidates=1"], "tree.num_candidates: Input should be greater than or equal to 2"),
+    (["--tree.max_turns=many"], "tree.max_turns: Input should be a valid integer"),
+    (["--roles.judge.engine=big"], "roles.judge.engine is 'big', but engines has only ['default']"),
+    (["--engines.api.backend=openai"], "backend 'openai' needs base_url"),
+    (["--run_id=../etc"], "run_id: String should match pattern"),
+    (["--personas.profiles=p.jsonl"], "personas.profiles and personas.personalities go together"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--tree.max_turns"], "flag --tree.max_turns needs a value"),
+])
+def test_bad_values_are_rejected_with_the_key_named(argv, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(GenerateTreesConfig, argv)
+    assert expected in str(err.value)
+
+
+def test_unknown_key_lists_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(GenerateTreesConfig, ["--engines.default.bakend=hf"])
+    msg = str(err.value)
+    assert "unknown key 'engines.default.bakend'" in msg and "did you mean 'backend'" in msg
+    assert "allowed here:" in msg and "max_batch_size" in msg
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(GenerateTreesConfig, ["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tree: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(GenerateTreesConfig, ["--config", str(bad)])
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(GenerateTreesConfig, ["--config", str(listy)])
+
+
+def test_help_documents_every_leaf_field(capsys):
+    text = config_help(GenerateTreesConfig)
+    for key in ["--run_id", "--tree.policy", "--roles.judge.sampling.temperature", "--engines.default.backend",
+                "--engines.default.api_key_env", "--pipeline.trees_per_part", "--storage.s3_endpoint_url"]:
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith(key + " ")), None)
+        assert line is not None, key
+        assert line.rsplit("]", 1)[1].strip(), f"{key} has no description"
+    assert "chosen|random|all" in text
+    with pytest.raises(SystemExit) as done:
+        load_config(GenerateTreesConfig, ["--help"])
+    assert done.value.code == 0
+    assert "--tree.max_turns" in capsys.readouterr().out
+
+
+def test_saved_config_round_trips():
+    cfg = load_config(GenerateTreesConfig, ["--run_id=r1", "--tree.policy=all", "--num_trees=null"])
+    again = GenerateTreesConfig.model_validate(yaml.safe_load(save_config(cfg)))
+    assert again == cfg
+    assert again.num_trees is None
