@@ -1,0 +1,185 @@
+"""The tree-generation job end to end: real Ray, the bundled model, local folder and S3 (moto),
+`ray job submit` against `ray start --head`, and exactly-once resume after kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.schema import NODES, TREES
+from aloe_ray.storage import S3Options
+from conftest import REPO, free_port, wait_for_port
+
+# Short trees: the point is the pipeline, not the bundled model's prose.
+SMALL = [
+    "--tree.max_turns=2",
+    "--roles.simulator.sampling.max_tokens=12",
+    "--roles.inducer.sampling.max_tokens=16",
+    "--roles.responder.sampling.max_tokens=12",
+    "--pipeline.progress_interval_s=2",
+]
+
+
+def job_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "jobs" / "generate_trees.py"), *SMALL, *args]
+
+
+def run_job(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(job_cmd(*args), cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def check_run(output: str, run_id: str, n_trees: int, candidates: int = 2, s3: S3Options | None = None):
+    """Exactly n finished trees, none duplicated, every node's parent present."""
+    out = RunOutput(output, run_id, s3)
+    trees, nodes = out.read("trees"), out.read("nodes")
+    assert trees.schema.equals(TREES) and nodes.schema.equals(NODES)
+    tree_ids = trees["tree_id"].to_pylist()
+    assert len(tree_ids) == len(set(tree_ids)) == n_trees, Counter(tree_ids)
+    assert set(trees["status"].to_pylist()) == {"ok"}, trees.filter(pc.equal(trees["status"], "failed"))["failure_reason"]
+    node_ids = nodes["node_id"].to_pylist()
+    assert len(node_ids) == len(set(node_ids))
+    present = set(node_ids)
+    assert all(p in present for p in nodes["parent_id"].to_pylist() if p is not None)
+    assert set(nodes["tree_id"].to_pylist()) == set(tree_ids)
+    per_tree = Counter(nodes["tree_id"].to_pylist())
+    for row in trees.to_pylist():
+        assert per_tree[row["tree_id"]] == row["turns"] * (1 + candidates) == row["num_nodes"]
+    return trees, nodes
+
+
+def test_local_run_writes_tables_manifest_and_resumes(tmp_path):
+    out_dir = str(tmp_path / "data")
+    proc = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{out_dir}/local" in proc.stdout and "3 ok, 0 failed trees" in proc.stdout
+    assert "[trees] done 3/3" in proc.stdout and "tok/s" in proc.stdout
+    trees, nodes = check_run(out_dir, "local", 3)
+    assert nodes.num_rows == 3 * 2 * 3
+    users = nodes.filter(pc.equal(nodes["role"], "user")).to_pylist()
+    assert all(u["judge_choice"] in (0, 1) and len(u["judge_probs"]) == 2 for u in users)
+    assert all(n["model"] == "smollm2-135m" and n["seed"] is not None for n in nodes.to_pylist())
+    manifest = json.loads((tmp_path / "data" / "local" / "manifest.json").read_text())
+    assert manifest["counts"]["trees_ok"] == 3 and manifest["counts"]["nodes"] == 18
+    assert manifest["config"]["run_id"] == "local" and manifest["packages"]["ray"] == "2.60.0"
+    assert manifest["engines"]["default"][0]["generated_tokens"] > 0
+    assert "max_turns: 2" in (tmp_path / "data" / "local" / "config.yaml").read_text()
+
+    # a rerun with the same run_id and a larger target grows only the missing tree
+    again = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 already done, 1 to grow" in again.stdout
+    trees4, _ = check_run(out_dir, "local", 4)
+    assert set(trees["tree_id"].to_pylist()) < set(trees4["tree_id"].to_pylist())
+
+
+def test_bad_input_fails_before_ray_starts(tmp_path):
+    bad = tmp_path / "profiles.jsonl"
+    bad.write_text('"ok"\n{nope\n')
+    proc = run_job(f"--personas.profiles={bad}", f"--personas.personalities={bad}", f"--output={tmp_path}")
+    assert proc.returncode == 2
+    assert f"error: {bad}:2: not a JSON string" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    proc = run_job("--tree.policy=best")
+    assert proc.returncode == 2 and "tree.policy: Input should be" in proc.stderr
+
+
+def test_killed_driver_rerun_is_exactly_once(tmp_path):
+    out_dir = str(tmp_path / "data")
+    args = [f"--output={out_dir}", "--run_id=killed", "--num_trees=4", "--pipeline.trees_per_part=1",
+            "--pipeline.parts_in_flight_per_actor=2"]
+    proc = subprocess.Popen(job_cmd(*args), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    trees_dir = tmp_path / "data" / "killed" / "trees"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not list(trees_dir.glob("*.parquet")):
+        assert proc.poll() is None, "job ended before it could be killed"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    proc.wait()
+    committed = len(list(trees_dir.glob("*.parquet")))
+    assert 1 <= committed < 4
+    # an orphan a crash could leave: nodes written, trees part (the commit) not
+    orphan = tmp_path / "data" / "killed" / "nodes" / "part-orphan.parquet"
+    orphan.write_bytes(next((tmp_path / "data" / "killed" / "nodes").glob("*.parquet")).read_bytes())
+
+    rerun = run_job(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{committed} already done, {4 - committed} to grow" in rerun.stdout
+    assert "removed 1 uncommitted part(s)" in rerun.stdout
+    check_run(out_dir, "killed", 4)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head` on loopback, token auth on (as Ray 2.60 defaults)."""
+    port, dash = free_port(), free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    # As with an activated virtualenv: job entrypoints' `python` is this environment's.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    ray_bin = f"{venv_bin}/ray"
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus=2", f"--port={port}", f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    wait_for_port(dash, timeout=120)
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "ray": ray_bin}
+    subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_to_s3(ray_cluster, s3_bucket, s3_env):
+    runtime_env = json.dumps({"env_vars": s3_env})
+    output = f"s3://{s3_bucket}/runs"
+    cmd = [ray_cluster["ray"], "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
+           "--runtime-env-json", runtime_env, "--",
+           "python", "jobs/generate_trees.py", *SMALL, f"--output={output}", "--run_id=submitted", "--num_trees=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "succeeded" in proc.stdout
+    assert "[trees] done 2/2" in proc.stdout  # progress lines reach the job logs
+    assert f"{output}/submitted" in proc.stdout
+    check_run(output, "submitted", 2)
+
+
+KILL_ENGINE = """
+import sys, time, ray
+ray.init(address=sys.argv[1], namespace="aloe-ray", log_to_driver=False)
+deadline = time.monotonic() + 400
+while True:
+    try:
+        actor = ray.get_actor(sys.argv[2], namespace="aloe-ray")
+        break
+    except ValueError:
+        assert time.monotonic() < deadline, "engine actor never appeared"
+        time.sleep(0.5)
+ray.get(actor.ready.remote())
+time.sleep(float(sys.argv[3]))  # let trees get going, then pull the engine out from under them
+ray.kill(actor, no_restart=False)
+print("killed", flush=True)
+"""
+
+
+def test_killed_engine_actor_run_and_rerun_are_exactly_once(ray_cluster, tmp_path):
+    out_dir = str(tmp_path / "data")
+    args = [f"--output={out_dir}", "--run_id=actorkill", "--num_trees=4", "--pipeline.trees_per_part=1",
+            f"--ray.address={ray_cluster['address']}"]
+    proc = subprocess.Popen(job_cmd(*args), cwd=REPO, env=ray_cluster["env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    killer = subprocess.run([sys.executable, "-c", KILL_ENGINE, ray_cluster["address"],
+                             "aloe-engine.actorkill.default.0", "6"],
+                            env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    assert "killed" in killer.stdout, killer.stderr[-3000:]
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode in (0, 1), out[-3000:]
+    rerun = run_job(*args, env=ray_cluster["env"])
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    check_run(out_dir, "actorkill", 4)
