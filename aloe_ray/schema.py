@@ -87,3 +87,17 @@ def describe(schema: pa.Schema) -> str:
         doc = (field.metadata or {}).get(b"doc", b"").decode()
         rows.append(f"| `{field.name}` | {field.type} | {doc} |")
     return "\n".join(rows)
+
+
+def schema_doc() -> str:
+    """docs/schemas.md, generated from the schemas above."""
+    parts = ["# Tables\n", "Every table is Parquet under one run root: `<output>/<run_id>/<table>/part-*.parquet`.",
+             "Schemas are declared once, in `aloe_ray/schema.py`; this page is generated from them",
+             "(`python -m aloe_ray.schema > docs/schemas.md`; a test keeps it in sync).\n"]
+    for name, schema in TABLES.items():
+        parts += [f"## `{name}`\n", describe(schema), ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(schema_doc(), end="")

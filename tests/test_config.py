@@ -88,3 +88,10 @@ def test_saved_config_round_trips():
     again = GenerateTreesConfig.model_validate(yaml.safe_load(save_config(cfg)))
     assert again == cfg
     assert again.num_trees is None
+
+
+def test_schema_doc_is_in_sync():
+    from aloe_ray.schema import schema_doc
+    from conftest import REPO
+
+    assert (REPO / "docs" / "schemas.md").read_text() == schema_doc(), "run: python -m aloe_ray.schema > docs/schemas.md"

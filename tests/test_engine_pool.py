@@ -40,7 +40,7 @@ def test_pool_gives_up_when_no_replica_answers(ray_local):
 
     @ray.remote
     class Dead:
-        async def chat(self, requests):
+        async def chat(self, requests, affinity=None):
             raise ray.exceptions.ActorUnavailableError("gone", None)
 
     pool = EnginePool("dead", "m", [Dead.remote()], max_attempts=2, backoff_s=0.01)

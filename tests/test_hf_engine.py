@@ -68,3 +68,23 @@ def test_bad_requests_fail_clearly():
         ChatRequest(messages=({"role": "robot", "content": "x"},))
     with pytest.raises(ValueError, match="at least two options"):
         ChatRequest(messages=({"role": "user", "content": "x"},), choices=("A",))
+
+
+def test_prefix_cache_resumes_a_conversation_with_the_same_output(bundled_model_path):
+    from aloe_ray.engines.hf import HFEngine
+
+    cached = HFEngine(bundled_model_path, max_batch_size=4, prefix_cache_entries=8)
+    plain = HFEngine(bundled_model_path, max_batch_size=4, prefix_cache_entries=0)
+    turn1 = ({"role": "system", "content": "You are terse."}, {"role": "user", "content": "I keep bees in Oslo."})
+    turn2 = (*turn1, {"role": "assistant", "content": "Nice, bees are great."},
+             {"role": "user", "content": "What should I plant for them?"})
+    reqs = [ChatRequest(turn1, Sampling(0.0, 1.0, 10, 0)), ChatRequest(turn2, Sampling(0.0, 1.0, 10, 0))]
+
+    async def conversation(engine):
+        return [(await engine.chat([r], affinity="conv-1"))[0] for r in reqs]
+
+    with_cache, without = asyncio.run(conversation(cached)), asyncio.run(conversation(plain))
+    assert [c.text for c in with_cache] == [c.text for c in without]
+    assert cached.prefix_cache.hits_tokens >= with_cache[0].prompt_tokens - 1
+    assert cached.stats.as_dict()["prefix_cache_hit_rate"] > 0.3
+    assert plain.prefix_cache.hits_tokens == 0

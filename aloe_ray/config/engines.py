@@ -55,6 +55,9 @@ class EngineConfig(StrictModel):
     batch_wait_ms: float = Field(default=10.0, ge=0)
     """hf: how long a new batch waits for more requests before it starts."""
 
+    prefix_cache_entries: int = Field(default=64, ge=0)
+    """hf: prompt KV caches kept for reuse by the same conversation's next request (0: off)."""
+
     max_input_tokens: int = Field(default=2048, ge=16)
     """Prompts longer than this keep their last tokens (hf) / max model length (vllm)."""
 

@@ -28,4 +28,5 @@ def build_engine(cfg: EngineConfig, s3: S3Options | None = None) -> ChatEngine:
 
     return HFEngine(path, model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,
                     max_batch_size=cfg.max_batch_size, batch_wait_ms=cfg.batch_wait_ms,
-                    max_input_tokens=cfg.max_input_tokens, torch_threads=cfg.torch_threads)
+                    max_input_tokens=cfg.max_input_tokens, torch_threads=cfg.torch_threads,
+                    prefix_cache_entries=cfg.prefix_cache_entries)

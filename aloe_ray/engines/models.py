@@ -124,3 +124,23 @@ def _once(target: Path, build) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def resolve_adapter(base_folder: str, adapter: str, s3: S3Options | None = None) -> str:
+    """A folder holding base + LoRA adapter merged (built once, cached), for engines that load
+    plain Hugging Face folders."""
+    adapter_dir = adapter if is_local(adapter) else _download(adapter, s3)
+    adapter_dir = str(Path(adapter_dir.removeprefix("file://")).expanduser().resolve())
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"no adapter_config.json in {adapter}: not a PEFT adapter folder")
+    key = hashlib.sha256(f"{base_folder}\x00{adapter_dir}".encode()).hexdigest()[:16]
+
+    def merge(tmp: Path) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), adapter_dir)
+        model.merge_and_unload().save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp)
+
+    return str(_once(cache_dir() / f"merged-{key}", merge))

@@ -31,8 +31,8 @@ class EngineActor:
     async def ready(self) -> dict:
         return {"model": self.engine.model_name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
-    async def chat(self, requests: list[ChatRequest]) -> list[Completion]:
-        return await self.engine.chat(requests)
+    async def chat(self, requests: list[ChatRequest], affinity: str | None = None) -> list[Completion]:
+        return await self.engine.chat(requests, affinity)
 
     async def stats(self) -> dict:
         stats = getattr(self.engine, "stats", None)
@@ -62,7 +62,7 @@ class EnginePool:
         for attempt in range(self.max_attempts):
             handle = self.handles[(start + attempt) % n]
             try:
-                return await handle.chat.remote(list(requests))
+                return await handle.chat.remote(list(requests), affinity)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 last = exc  # the replica died or is restarting: try the next one after a pause
                 await asyncio.sleep(self.backoff_s * 2**attempt)

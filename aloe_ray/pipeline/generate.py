@@ -54,7 +54,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
         log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s), "
             f"{recovered.failed_rows_dropped} failed tree(s) will be grown again")
 
-    engine_stats: dict = {}
+    engine_stats: dict = {"grow_s": 0.0}
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
@@ -94,6 +94,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         num_cpus=p.grower_num_cpus,
         fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out},
     )
+    grow_started = time.monotonic()
     in_flight = p.grower_actors * p.parts_in_flight_per_actor * p.trees_per_part
     progress = Progress(total=total, already_done=already, in_flight_cap=in_flight,
                         interval_s=p.progress_interval_s, log=log)
@@ -102,7 +103,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     progress.report()
     for tree_id, reason in progress.failures[:5]:
         log(f"[aloe-ray] failed {tree_id}: {reason}")
-    stats = {}
+    stats: dict = {"grow_s": time.monotonic() - grow_started}
     for name, pool in pools.items():
         if isinstance(pool, EnginePool):
             stats[name] = ray.get([h.stats.remote() for h in pool.handles])
@@ -127,7 +128,7 @@ def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_s
             "prompt_tokens": int(pc.sum(trees["prompt_tokens"]).as_py() or 0),
             "completion_tokens": int(pc.sum(trees["completion_tokens"]).as_py() or 0),
         },
-        "timing": {"wall_s": time.time() - started},
+        "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
         "engines": engine_stats,
         "tables": {"nodes": NODES.names, "trees": TREES.names},
         "packages": _versions(),

@@ -1,0 +1,1 @@
+"""Ray Serve application: the aligned model behind an OpenAI-compatible HTTP API."""

@@ -1,0 +1,165 @@
+"""The Serve application: `serve run serving/config.yaml`, `serve deploy`, or a RayService with
+`import_path: serving.app:build_app`.
+
+Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health.
+CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
+one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
+vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model name selects the
+base model or an adapter either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+
+from serving.config import ServeArgs, ServeBackend
+from serving.openai_api import APIError, ChatCompletionRequest, completion_body, stream_chunks
+
+api = FastAPI(title="aloe-ray", docs_url=None, redoc_url=None)
+
+
+@serve.deployment
+@serve.ingress(api)
+class ChatServer:
+    def __init__(self, args: dict) -> None:
+        from aloe_ray.engines.hf import HFEngine
+        from aloe_ray.engines.models import resolve_adapter, resolve_model
+
+        self.args = ServeArgs.model_validate(args)
+        self.api_key = None
+        if self.args.api_key_env:
+            self.api_key = os.environ.get(self.args.api_key_env)
+            if not self.api_key:
+                raise RuntimeError(f"api_key_env names {self.args.api_key_env}, which is not set in the replica")
+        base = resolve_model(self.args.model)
+        folders = {self.args.name: base}
+        folders.update({a.name: resolve_adapter(base, a.path) for a in self.args.adapters})
+        self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size)
+                        for name, path in folders.items()}
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "models": list(self.engines)}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        if (denied := self._check_auth(request)) is not None:
+            return denied
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "aloe-ray", "created": 0}
+                                           for name in self.engines]}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        try:
+            if (denied := self._check_auth(request)) is not None:
+                return denied
+            req = await self._parse(request)
+            return await self._complete(req)
+        except APIError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+
+    def _check_auth(self, request: Request) -> JSONResponse | None:
+        if self.api_key is None:
+            return None
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
+            err = APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           "authentication_error", code="invalid_api_key")
+            return JSONResponse(err.body(), status_code=401)
+        return None
+
+    async def _parse(self, request: Request) -> ChatCompletionRequest:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.args.max_body_bytes:
+            raise APIError(413, f"request body over {self.args.max_body_bytes} bytes", code="body_too_large")
+        raw = await request.body()
+        if len(raw) > self.args.max_body_bytes:
+            raise APIError(413, f"request body over {self.args.max_body_bytes} bytes", code="body_too_large")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise APIError(400, "request body is not valid JSON") from None
+        try:
+            req = ChatCompletionRequest.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"])
+            raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+        if req.model not in self.engines:
+            raise APIError(404, f"model '{req.model}' not found; available: {sorted(self.engines)}",
+                           code="model_not_found", param="model")
+        asked = req.max_completion_tokens or req.max_tokens
+        if asked is not None and asked > self.args.max_tokens_limit:
+            raise APIError(400, f"max_tokens {asked} exceeds this server's limit of {self.args.max_tokens_limit}",
+                           param="max_tokens")
+        return req
+
+    async def _complete(self, req: ChatCompletionRequest):
+        from aloe_ray.engines.base import ChatRequest, Sampling
+
+        max_tokens = req.max_completion_tokens or req.max_tokens or self.args.default_max_tokens
+        chat = ChatRequest(messages=tuple(m.model_dump() for m in req.messages),
+                           sampling=Sampling(req.temperature, req.top_p, max_tokens, req.seed))
+        try:
+            (out,) = await asyncio.wait_for(self.engines[req.model].chat([chat]), self.args.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(504, f"generation took longer than {self.args.request_timeout_s}s", "timeout") from None
+        if not req.stream:
+            return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
+
+        async def events():
+            for chunk in stream_chunks(req.model, out.text, out.finish_reason):
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def deployment_options(args: ServeArgs) -> dict:
+    return {
+        "autoscaling_config": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                               "initial_replicas": max(args.min_replicas, 1),
+                               "target_ongoing_requests": args.target_ongoing_requests},
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}},
+    }
+
+
+def build_app(args: dict) -> Application:
+    """Serve application builder (import path `serving.app:build_app`)."""
+    parsed = ServeArgs.model_validate(args or {})
+    if parsed.backend == ServeBackend.vllm:
+        return _build_vllm_app(parsed)
+    return ChatServer.options(**deployment_options(parsed)).bind(parsed.model_dump(mode="json"))
+
+
+def _build_vllm_app(args: ServeArgs) -> Application:
+    """GPU path: ray.serve.llm (needs vLLM). LoRA adapters are loaded per request from the folder
+    that holds them; clients ask for `<served name>:<adapter name>`."""
+    try:
+        from ray.serve.llm import LLMConfig, build_openai_app
+    except ImportError as exc:
+        raise RuntimeError(f"backend 'vllm' needs vLLM installed (pip install 'aloe-ray[vllm]'): {exc}") from exc
+    lora = None
+    if args.adapters:
+        roots = {a.path.rstrip("/").rsplit("/", 1)[0] for a in args.adapters}
+        if len(roots) != 1:
+            raise ValueError("vllm backend: all adapters must sit in one folder (ray.serve.llm loads them from it)")
+        lora = {"dynamic_lora_loading_path": roots.pop(), "max_num_adapters_per_replica": len(args.adapters)}
+    config = LLMConfig(
+        model_loading_config={"model_id": args.name, "model_source": args.model},
+        lora_config=lora,
+        deployment_config={k: v for k, v in deployment_options(args).items() if k != "ray_actor_options"},
+        engine_kwargs={"enable_prefix_caching": True},
+    )
+    return build_openai_app({"llm_configs": [config]})

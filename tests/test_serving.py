@@ -1,0 +1,120 @@
+"""The Serve app on a real local Ray, the bundled model, real HTTP, the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import httpx
+import pytest
+
+from conftest import free_port
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server():
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    os.environ["ALOE_TEST_API_KEY"] = KEY  # replicas inherit the environment of the Ray instance
+    ray.init(num_cpus=2, include_dashboard=False, namespace="aloe-serve-test", log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model": "smollm2-135m", "served_model_name": "aloe-base", "api_key_env": "ALOE_TEST_API_KEY",
+            "max_tokens_limit": 64, "default_max_tokens": 16, "max_body_bytes": 4096, "max_replicas": 2,
+            "target_ongoing_requests": 4}
+    serve.run(build_app(args), name="aloe", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def client(url, key=KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_openai_client_chat_models_and_streaming(server):
+    c = client(server)
+    assert [m.id for m in c.models.list().data] == ["aloe-base"]
+    resp = c.chat.completions.create(model="aloe-base", messages=[{"role": "user", "content": "Say hello."}],
+                                     max_tokens=8, seed=3, temperature=0.0)
+    text = resp.choices[0].message.content
+    assert text and resp.usage.completion_tokens <= 8 and resp.choices[0].finish_reason in ("stop", "length")
+    stream = c.chat.completions.create(model="aloe-base", messages=[{"role": "user", "content": "Say hello."}],
+                                       max_tokens=8, seed=3, temperature=0.0, stream=True)
+    chunks = list(stream)
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == text  # same seed, same reply
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_multi_turn_conversation(server):
+    c = client(server)
+    messages = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "I am a chef."}]
+    first = c.chat.completions.create(model="aloe-base", messages=messages, max_tokens=8)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "What should I cook tonight?"}]
+    second = c.chat.completions.create(model="aloe-base", messages=messages, max_tokens=8)
+    assert second.choices[0].message.content
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("headers, body, status, fragment", [
+    ({}, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}]}, 401, "invalid or missing API key"),
+    ({"authorization": "Bearer wrong"}, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}]}, 401, "API key"),
+    (None, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model 'nope' not found"),
+    (None, {"model": "aloe-base", "messages": []}, 400, "messages"),
+    (None, {"model": "aloe-base"}, 400, "messages: Field required"),
+    (None, {"model": "aloe-base", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}, 400,
+     "exceeds this server's limit of 64"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "over 4096 bytes"),
+    (None, "{not json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_openai_style_4xx(server, headers, body, status, fragment):
+    headers = {"authorization": f"Bearer {KEY}"} if headers is None else headers
+    content = body if isinstance(body, str) else json.dumps(body)
+    r = httpx.post(f"{server}/v1/chat/completions", content=content,
+                   headers={**headers, "content-type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"]
+
+
+def test_health_and_models_auth(server):
+    assert httpx.get(f"{server}/health", timeout=30).json()["status"] == "ok"
+    assert httpx.get(f"{server}/v1/models", timeout=30).status_code == 401
+
+
+def test_openai_backend_engine_against_the_serve_app(server, monkeypatch):
+    """The `openai` engine backend, pointed at our own Serve app."""
+    from aloe_ray.engines.base import ChatRequest, Sampling
+    from aloe_ray.engines.openai_api import OpenAIEngine
+
+    monkeypatch.setenv("ALOE_KEY_FOR_ENGINE", KEY)
+    engine = OpenAIEngine(f"{server}/v1", "aloe-base", api_key_env="ALOE_KEY_FOR_ENGINE")
+    reqs = [ChatRequest(({"role": "user", "content": f"Name a colour #{i}."},), Sampling(0.7, 0.9, 6, i)) for i in range(4)]
+    out = asyncio.run(engine.chat(reqs))
+    assert len(out) == 4 and all(c.text and c.completion_tokens <= 6 for c in out)
+
+
+def test_autoscaling_settings_reach_the_deployment():
+    from serving.app import build_app, deployment_options
+    from serving.config import ServeArgs
+
+    opts = deployment_options(ServeArgs(min_replicas=2, max_replicas=5, target_ongoing_requests=8))
+    assert opts["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 5, "initial_replicas": 2,
+                                          "target_ongoing_requests": 8}
+    app = build_app({"min_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 8})
+    from ray.serve import Application
+
+    assert isinstance(app, Application)
+    with pytest.raises(Exception, match="min_replicas"):
+        build_app({"min_replicas": 3, "max_replicas": 1})
