@@ -55,6 +55,8 @@ class EngineStats:
     batches: int = 0
     requests: int = 0
     generated_tokens: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0
     prefix_cache: PrefixCache | None = None
 
     def as_dict(self) -> dict:
@@ -67,7 +69,7 @@ class EngineStats:
             "utilisation": self.busy_s / wall,
             "batches": self.batches,
             "requests": self.requests,
-            "mean_batch_size": self.requests / max(self.batches, 1),
+            "mean_batch_size": self.decode_rows / max(self.decode_steps, 1),
             "generated_tokens": self.generated_tokens,
         }
 
@@ -234,6 +236,8 @@ class HFEngine:
                         return
                     continue
                 ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(1)
+                self.stats.decode_steps += 1
+                self.stats.decode_rows += len(rows)
                 mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths.unsqueeze(1),
                                  cache=cache, use_cache=True)
