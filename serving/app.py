@@ -8,7 +8,6 @@ vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model na
 base model or an adapter either way.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hmac
