@@ -1,0 +1,1 @@
+"""The ALOE benchmark: per-turn alignment level (AL), improvement rate (IR), their normalised forms."""
