@@ -41,10 +41,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
-    out_config = save_config(cfg)
-    from aloe_ray import storage
-
-    storage.write_text(out.file("config.yaml"), out_config, s3)
+    out.write_text("config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
     done = recovered.ok | recovered.failed
     pending = [s for s in specs if s.tree_id not in done]

@@ -85,8 +85,11 @@ class RunOutput:
             return schema.empty_table()
         return storage.read_parquet(self.table(name), self.s3, schema=schema)
 
+    def write_text(self, name: str, text: str) -> None:
+        storage.write_text(self.file(name), text, self.s3)
+
     def write_json(self, name: str, data: dict) -> None:
-        storage.write_text(self.file(name), json.dumps(data, indent=2, default=str) + "\n", self.s3)
+        self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
 
     @staticmethod
     def _name(uri: str) -> str:
