@@ -14,7 +14,7 @@ from aloe_ray.personas.loaders import (
     read_personas_table,
     seed_personas,
 )
-from aloe_ray.personas.seeds import SEED_PERSONALITIES, SEED_PROFILES
+from aloe_ray.personas.seeds import BENCHMARK_PROFILES, SEED_PERSONALITIES, SEED_PROFILES
 from aloe_ray.schema import PERSONAS
 from conftest import REFERENCE
 
@@ -58,7 +58,14 @@ def test_seeds_are_many_and_distinct():
     assert len(SEED_PROFILES) >= 24 and len(SEED_PERSONALITIES) >= 12
     assert len(set(SEED_PROFILES)) == len(SEED_PROFILES)
     personas = seed_personas(per_profile=2, seed=0)
-    assert len(personas) == 2 * len(SEED_PROFILES) and all(p.source == "seeds" for p in personas)
+    train_profiles = len(SEED_PROFILES) - BENCHMARK_PROFILES
+    assert len(personas) == 2 * train_profiles and all(p.source == "seeds" for p in personas)
+    held_out = seed_personas(per_profile=len(SEED_PERSONALITIES), seed=0, split="benchmark")
+    assert len(held_out) == BENCHMARK_PROFILES * len(SEED_PERSONALITIES) >= 100
+    assert all(p.split == "benchmark" for p in held_out)
+    assert not {p.profile for p in held_out} & {p.profile for p in personas}
+    with pytest.raises(PersonaFileError, match="splits"):
+        seed_personas(per_profile=1, seed=0, split="test")
 
 
 def test_personas_table_round_trip_and_split(tmp_path):

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 
 from aloe_ray.personas.model import Persona
-from aloe_ray.personas.seeds import SEED_PERSONALITIES, SEED_PROFILES
+from aloe_ray.personas.seeds import BENCHMARK_PROFILES, SEED_PERSONALITIES, SEED_PROFILES
 from aloe_ray.storage import S3Options, read_parquet, read_text
 
 
@@ -64,8 +64,17 @@ def pair_personas(profiles: Sequence[str], personalities: Sequence[str], *, per_
     return personas
 
 
-def seed_personas(*, per_profile: int, seed: int) -> list[Persona]:
-    return pair_personas(SEED_PROFILES, SEED_PERSONALITIES, per_profile=per_profile, seed=seed, source="seeds")
+def seed_personas(*, per_profile: int, seed: int, split: str = "train") -> list[Persona]:
+    """The built-in seeds, paired. `split='train'` pairs the training profiles; `split='benchmark'`
+    pairs the held-out profiles (the last `BENCHMARK_PROFILES`), whose facts never reach training."""
+    if split == "train":
+        profiles = SEED_PROFILES[:-BENCHMARK_PROFILES]
+    elif split == "benchmark":
+        profiles = SEED_PROFILES[-BENCHMARK_PROFILES:]
+    else:
+        raise PersonaFileError(f"the seeds have splits 'train' and 'benchmark', not {split!r}")
+    return pair_personas(profiles, SEED_PERSONALITIES, per_profile=per_profile, seed=seed, split=split,
+                         source="seeds")
 
 
 def read_personas_table(uri: str, *, split: str | None = None, s3: S3Options | None = None) -> list[Persona]:

@@ -1,7 +1,8 @@
 """Hand-written seed persona pool for the ALOE reproduction (the project's own originals).
 
 A profile holds objective facts only; a personality holds traits and conversational
-style only. Held-out indices are not applied here; this module is just the seed pool.
+style only. The last `BENCHMARK_PROFILES` profiles are held out: their personas form the seeds'
+benchmark split (for the ALOE benchmark) and never appear in the seeds' training split.
 """
 
 from __future__ import annotations
@@ -317,3 +318,8 @@ SEED_PERSONALITIES: tuple[str, ...] = (
         "suggestions over direct instructions and like conversations to end on a kind note."
     ),
 )
+
+
+BENCHMARK_PROFILES = 8
+"""The last this-many seed profiles are held out for the benchmark split (8 x 14 personalities
+= 112 pairs, of which the benchmark uses up to 100)."""
