@@ -77,7 +77,67 @@ TREES = pa.schema([
     _f("finished_at", pa.timestamp("us", tz="UTC"), "When the tree was written."),
 ])
 
-TABLES = {"personas": PERSONAS, "nodes": NODES, "trees": TREES}
+# The ALOE benchmark writes under <output>/<run_id>/eval/<name>/: turns/ and rollouts/.
+EVAL_TURNS = pa.schema([
+    _f("run_id", pa.string(), "Run the evaluation belongs to.", False),
+    _f("eval_name", pa.string(), "Name of the evaluation inside the run (e.g. base, sft, dpo).", False),
+    _f("rollout_id", pa.string(), "Deterministic id: hash of run id, eval name, persona id, seed.", False),
+    _f("persona_id", pa.string(), "Persona the user simulator played.", False),
+    _f("profile", pa.string(), "The persona's profile (the judge saw it; the model under test did not)."),
+    _f("personality", pa.string(), "The persona's personality (likewise)."),
+    _f("turn", pa.int32(), "Turn k, 1-based: one user message and the reply it got.", False),
+    _f("user_message", pa.string(), "The simulated user's message.", False),
+    _f("reply", pa.string(), "The model under test's reply.", False),
+    _f("score", pa.float64(), "Judge score 1-5 (expected value under 'expected' scoring); null: missing."),
+    _f("score_probs", pa.list_(pa.float32()), "Judge's probability of each score 1..5, if known."),
+    _f("judge_raw", pa.string(), "The judge's raw reply (last attempt)."),
+    _f("judge_error", pa.string(), "Why the judge call failed, when no reply came back at all."),
+    _f("judge_attempts", pa.int32(), "Judge requests made for this score."),
+    _f("judge_history", pa.bool_(), "The judge saw the conversation so far (else only the current message)."),
+    _f("scoring", pa.string(), "'expected' (G-Eval) or 'sampled' (parsed free text)."),
+    _f("model", pa.string(), "Model under test."),
+    _f("simulator_model", pa.string(), "Model of the user simulator."),
+    _f("judge_model", pa.string(), "Model of the judge."),
+    _f("prompt_version", pa.string(), "Version of the benchmark prompts.", False),
+    _f("user_seed", pa.int64(), "Sampling seed of the simulator request."),
+    _f("reply_seed", pa.int64(), "Sampling seed of the model-under-test request."),
+    _f("judge_seed", pa.int64(), "Sampling seed of the judge's last request."),
+    _f("reply_prompt_tokens", pa.int32(), "Prompt tokens of the reply's request."),
+    _f("reply_tokens", pa.int32(), "Tokens of the reply."),
+    _f("reply_finish_reason", pa.string(), "'stop', 'length'..."),
+    _f("reply_latency_s", pa.float64(), "Seconds the reply took, retries included."),
+])
+
+EVAL_ROLLOUTS = pa.schema([
+    _f("run_id", pa.string(), "Run the evaluation belongs to.", False),
+    _f("eval_name", pa.string(), "Name of the evaluation inside the run.", False),
+    _f("rollout_id", pa.string(), "Deterministic id: hash of run id, eval name, persona id, seed.", False),
+    _f("persona_id", pa.string(), "Persona the user simulator played.", False),
+    _f("profile", pa.string(), "The persona's profile.", False),
+    _f("personality", pa.string(), "The persona's personality.", False),
+    _f("split", pa.string(), "The persona's split (benchmark: held out)."),
+    _f("source", pa.string(), "Where the persona came from."),
+    _f("status", pa.string(), "'ok' (every turn ran; a score may still be missing) or 'failed'.", False),
+    _f("failure_reason", pa.string(), "Why the rollout failed (null when ok)."),
+    _f("turns", pa.int32(), "Turns written for the rollout."),
+    _f("scores_missing", pa.int32(), "Turns whose score is missing (judge reply never parsed)."),
+    _f("mean_score", pa.float64(), "Mean score over the rollout's turns."),
+    _f("ir", pa.float64(), "The persona's own improvement rate: slope of its scores over k."),
+    _f("r2", pa.float64(), "R^2 of that line (null when the scores do not vary)."),
+    _f("judge_history", pa.bool_(), "The judge saw the conversation so far."),
+    _f("scoring", pa.string(), "'expected' or 'sampled'."),
+    _f("llm_calls", pa.int32(), "Engine requests made, retries included."),
+    _f("prompt_tokens", pa.int64(), "Prompt tokens over all requests."),
+    _f("completion_tokens", pa.int64(), "Generated tokens over all requests."),
+    _f("latency_s", pa.float64(), "Wall seconds the rollout took."),
+    _f("seed", pa.int64(), "Rollout seed."),
+    _f("models", pa.string(), "JSON: model of each role."),
+    _f("prompt_version", pa.string(), "Version of the benchmark prompts.", False),
+    _f("finished_at", pa.timestamp("us", tz="UTC"), "When the rollout was written."),
+])
+
+TABLES = {"personas": PERSONAS, "nodes": NODES, "trees": TREES, "eval_turns": EVAL_TURNS,
+          "eval_rollouts": EVAL_ROLLOUTS}
 
 
 def describe(schema: pa.Schema) -> str:

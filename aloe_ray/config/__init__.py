@@ -5,6 +5,7 @@ Values come from the class defaults, then `--config file.yaml`, then `--key.sub=
 
 from aloe_ray.config.base import RayConfig, StorageConfig, StrictModel
 from aloe_ray.config.engines import EngineBackend, EngineConfig, RoleConfig, SamplingConfig
+from aloe_ray.config.eval import EvalConfig, JudgeConfig, Scoring
 from aloe_ray.config.generate import (
     ContinuationPolicy,
     GenerateTreesConfig,
@@ -19,12 +20,15 @@ __all__ = [
     "ContinuationPolicy",
     "EngineBackend",
     "EngineConfig",
+    "EvalConfig",
     "GenerateTreesConfig",
+    "JudgeConfig",
     "PersonaSourceConfig",
     "RayConfig",
     "RoleConfig",
     "RolesConfig",
     "SamplingConfig",
+    "Scoring",
     "StorageConfig",
     "StrictModel",
     "TreeConfig",

@@ -1,0 +1,171 @@
+"""The ALOE benchmark report: metrics with bootstrap intervals, a Markdown table, the AL(k) plot,
+and the side-by-side comparison of several evaluations.
+
+`build_report` is pure; the plots import matplotlib (Agg backend) when they are drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Sequence
+
+from aloe_ray.eval.metrics import Scores, summarize
+
+METRICS = ("AL", "IR", "R2", "N_AL", "N_IR", "N_R2")
+
+
+def scores_by_persona(turn_rows: Sequence[dict], turns: int) -> dict[str, list[float | None]]:
+    """persona id -> score per turn 1..turns (None: missing) from rows of the turns table."""
+    scores: dict[str, list[float | None]] = {}
+    for row in turn_rows:
+        per_turn = scores.setdefault(row["persona_id"], [None] * turns)
+        if 1 <= row["turn"] <= turns:
+            per_turn[row["turn"] - 1] = row["score"]
+    return scores
+
+
+def bootstrap_intervals(scores: Scores, *, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals (personas resampled with replacement) of every metric:
+    `<M>_CI` = [low, high] for IR, R2, N_IR, N_R2, and a list of [low, high] per turn for AL and
+    N_AL; None where fewer than two personas or no resample defines the value. Resamples are drawn
+    as `metrics.bootstrap_ci` draws them, once for all metrics."""
+    personas = list(scores)
+    if len(personas) < 2:
+        return {f"{m}_CI": None for m in METRICS}
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(samples):
+        draws.append(summarize({f"{i}": scores[rng.choice(personas)] for i in range(len(personas))}))
+    out: dict = {}
+    for m in ("IR", "R2", "N_IR", "N_R2"):
+        out[f"{m}_CI"] = _interval([d[m] for d in draws], level)
+    turns = max(len(s) for s in scores.values())
+    for m in ("AL", "N_AL"):
+        out[f"{m}_CI"] = [_interval([d[m][k] for d in draws if k < len(d[m])], level) for k in range(turns)]
+    return out
+
+
+def _interval(values: list[float | None], level: float) -> list[float] | None:
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return None
+    lo = int(math.floor((1 - level) / 2 * (len(got) - 1)))
+    hi = int(math.ceil((1 + level) / 2 * (len(got) - 1)))
+    return [got[lo], got[hi]]
+
+
+def build_report(turn_rows: Sequence[dict], rollout_rows: Sequence[dict], *, turns: int, meta: dict,
+                 samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """report.json: the metrics over the 'ok' rollouts, their intervals, per-turn and per-persona
+    detail and missing-score counts. `meta` (name, run id, models, judge settings...) is kept."""
+    ok = {r["rollout_id"] for r in rollout_rows if r["status"] == "ok"}
+    rows = [r for r in turn_rows if r["rollout_id"] in ok]
+    scores = scores_by_persona(rows, turns)
+    report = {**meta, **summarize(scores)}
+    report.update(bootstrap_intervals(scores, samples=samples, seed=seed, level=level))
+    missing_by_turn = [sum(1 for s in scores.values() if s[k] is None) for k in range(turns)]
+    report.update({
+        "turns": turns,
+        "personas": len(scores),
+        "rollouts_failed": sum(1 for r in rollout_rows if r["status"] != "ok"),
+        "scores": sum(1 for s in scores.values() for v in s if v is not None),
+        "scores_missing": sum(missing_by_turn),
+        "scores_missing_by_turn": missing_by_turn,
+        "ci_level": level,
+        "bootstrap_samples": samples,
+        "per_persona": sorted(
+            ({"persona_id": r["persona_id"], "mean_score": r["mean_score"], "IR": r["ir"], "R2": r["r2"],
+              "scores_missing": r["scores_missing"], "scores": scores.get(r["persona_id"])}
+             for r in rollout_rows if r["rollout_id"] in ok),
+            key=lambda p: p["persona_id"]),
+        "failures": [{"persona_id": r["persona_id"], "reason": r["failure_reason"]}
+                     for r in rollout_rows if r["status"] != "ok"],
+    })
+    return report
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci: Sequence[float] | None, digits: int = 3) -> str:
+    return "–" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def report_markdown(report: dict) -> str:
+    """report.md: the summary line, AL(k) per turn with intervals, and the per-persona table."""
+    pct = round(100 * report.get("ci_level", 0.95))
+    lines = [
+        f"# ALOE benchmark: {report.get('name', '?')}",
+        "",
+        f"Model under test `{report.get('models', {}).get('model', '?')}`, judge "
+        f"`{report.get('models', {}).get('judge', '?')}` ({report.get('scoring', '?')} scoring, "
+        f"{'with' if report.get('judge_history', True) else 'without'} history), simulator "
+        f"`{report.get('models', {}).get('simulator', '?')}`; {report['personas']} personas x "
+        f"{report['turns']} turns; {report['scores_missing']} missing scores, "
+        f"{report['rollouts_failed']} failed rollouts. Intervals: {pct}% bootstrap over personas.",
+        "",
+        "| metric | value | CI |",
+        "|---|---|---|",
+    ]
+    for m in ("IR", "R2", "N_IR", "N_R2"):
+        lines.append(f"| {m} | {_num(report[m])} | {_ci(report.get(f'{m}_CI'))} |")
+    lines += ["", "| turn k | AL(k) | AL CI | N-AL(k) | missing |", "|---|---|---|---|---|"]
+    al_ci = report.get("AL_CI") or [None] * len(report["AL"])
+    for k, (al, ci, nal, miss) in enumerate(zip(report["AL"], al_ci, report["N_AL"],
+                                                 report["scores_missing_by_turn"]), start=1):
+        lines.append(f"| {k} | {_num(al)} | {_ci(ci)} | {_num(nal)} | {miss} |")
+    lines += ["", "## Per persona", "", "| persona | mean score | IR | R2 | missing |", "|---|---|---|---|---|"]
+    for p in report["per_persona"]:
+        lines.append(f"| {p['persona_id']} | {_num(p['mean_score'])} | {_num(p['IR'])} | {_num(p['R2'])} "
+                     f"| {p['scores_missing']} |")
+    for f in report.get("failures", []):
+        lines.append(f"\nFailed: {f['persona_id']}: {f['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def compare_markdown(reports: Sequence[dict], labels: Sequence[str]) -> str:
+    """One table: a row per evaluation, AL(1..K) then IR, R2, N-IR, N-R2 with intervals."""
+    turns = max(len(r["AL"]) for r in reports)
+    head = ["eval", "personas", *(f"AL({k})" for k in range(1, turns + 1)), "IR", "IR CI", "R2", "N_IR",
+            "N_IR CI", "N_R2", "missing"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in zip(labels, reports):
+        al = [_num(v, 2) for v in r["AL"]] + ["–"] * (turns - len(r["AL"]))
+        cells = [label, str(r.get("personas", "?")), *al, _num(r["IR"]), _ci(r.get("IR_CI")), _num(r["R2"]),
+                 _num(r["N_IR"]), _ci(r.get("N_IR_CI")), _num(r["N_R2"]), str(r.get("scores_missing", "?"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def al_plot_png(reports: Sequence[dict], labels: Sequence[str], *, title: str = "ALOE: alignment level per turn") -> bytes:
+    """PNG of AL(k) over turns, one line per evaluation, with its interval band where known."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=120)
+    ax = fig.subplots()
+    for label, r in zip(labels, reports):
+        ks = [k for k, v in enumerate(r["AL"], start=1) if v is not None]
+        vals = [r["AL"][k - 1] for k in ks]
+        line, = ax.plot(ks, vals, marker="o", label=f"{label} (IR {_num(r['IR'])})")
+        band = [(k, ci) for k, ci in zip(range(1, len(r["AL"]) + 1), r.get("AL_CI") or []) if ci]
+        if band:
+            ax.fill_between([k for k, _ in band], [c[0] for _, c in band], [c[1] for _, c in band],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel("turn k")
+    ax.set_ylabel("AL(k): mean judge score")
+    ax.set_ylim(0.9, 5.1)
+    turns = max((len(r["AL"]) for r in reports), default=1)
+    ax.set_xticks(range(1, turns + 1))
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

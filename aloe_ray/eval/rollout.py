@@ -1,0 +1,254 @@
+"""One ALOE benchmark rollout: the simulator talks to the model under test, the judge scores each
+reply. Pure logic: the engines are passed in (no Ray, no torch).
+
+Invariants of a finished rollout:
+- turn k (1-based) is one user message (the simulator opens) and one reply of the model under test;
+- the model under test sees only the conversation; the simulator and the judge see the persona;
+- every reply has a score in [1, 5], or a missing score with the judge's raw reply (or error);
+  a judge that fails never fails the rollout;
+- every request's seed derives from (rollout seed, turn, role, attempt).
+A rollout either completes all turns (status 'ok') or fails with a reason (the simulator or the
+model under test gave no usable reply after its retries); a failed rollout yields no turn rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from aloe_ray.engines.base import ChatEngine, ChatRequest, Completion, Message, Sampling
+from aloe_ray.eval.metrics import expected_score, fit_line
+from aloe_ray.personas.model import Persona
+from aloe_ray.prompts.eval import (
+    EVAL_PROMPT_VERSION,
+    SCORE_CHOICES,
+    judge_score_messages,
+    model_messages,
+    parse_score,
+    simulator_messages,
+)
+from aloe_ray.trees.spec import derive_seed, stable_id
+
+ROLES = ("simulator", "model", "judge")
+
+
+@dataclass(frozen=True)
+class RoleBinding:
+    engine: ChatEngine
+    sampling: Sampling
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class EvalRoles:
+    simulator: RoleBinding
+    model: RoleBinding
+    judge: RoleBinding
+
+    def models(self) -> dict[str, str]:
+        return {r: getattr(self, r).engine.model_name for r in ROLES}
+
+
+@dataclass(frozen=True)
+class JudgeMode:
+    history: bool = True
+    """The judge sees the conversation so far (else only the current user message)."""
+    scoring: str = "expected"
+    """'expected' (probability-weighted mean over 1..5) or 'sampled' (parsed free text)."""
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    run_id: str
+    eval_name: str
+    rollout_id: str
+    persona: Persona
+    seed: int
+
+    def to_row(self) -> dict:
+        return {"run_id": self.run_id, "eval_name": self.eval_name, "rollout_id": self.rollout_id,
+                "seed": self.seed, **{f"persona_{k}": v for k, v in self.persona.to_row().items()}}
+
+    @classmethod
+    def from_row(cls, row: dict) -> RolloutSpec:
+        persona = Persona(**{k.removeprefix("persona_"): row[k] for k in row if k.startswith("persona_")})
+        return cls(row["run_id"], row["eval_name"], row["rollout_id"], persona, int(row["seed"]))
+
+
+def make_rollout_specs(run_id: str, eval_name: str, personas: list[Persona], *, seed: int = 0) -> list[RolloutSpec]:
+    """One spec per persona, in order; ids and seeds depend on (run, eval name, persona, seed) only."""
+    specs = []
+    for persona in personas:
+        rollout_id = "roll-" + stable_id(run_id, eval_name, persona.persona_id, seed)
+        specs.append(RolloutSpec(run_id, eval_name, rollout_id, persona, derive_seed(rollout_id, seed)))
+    return specs
+
+
+@dataclass
+class RolloutResult:
+    rollout: dict[str, Any]
+    turns: list[dict[str, Any]]
+
+
+class RolloutFailure(Exception):
+    """The rollout cannot go on; the message is recorded as its failure reason."""
+
+
+@dataclass
+class _Call:
+    completion: Completion | None
+    value: Any
+    seed: int
+    latency_s: float
+    attempts: int
+    error: str | None = None
+
+
+@dataclass
+class _Counters:
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+async def roll_out(spec: RolloutSpec, roles: EvalRoles, judge: JudgeMode, turns: int, *,
+                   on_turn: Callable[[], Any] | None = None) -> RolloutResult:
+    """Run one persona's conversation of `turns` turns and score every reply; `on_turn` is called
+    after each scored turn (progress)."""
+    run = _Rollout(spec, roles, judge, on_turn)
+    started = time.monotonic()
+    status, reason = "ok", None
+    try:
+        await run.run(turns)
+    except RolloutFailure as exc:
+        status, reason = "failed", str(exc)[:2000]
+    rows = run.rows if status == "ok" else []
+    scores = [r["score"] for r in rows]
+    slope, _, r2 = fit_line(scores) if rows else (None, None, None)
+    present = [s for s in scores if s is not None]
+    p = spec.persona
+    rollout = {
+        "run_id": spec.run_id, "eval_name": spec.eval_name, "rollout_id": spec.rollout_id,
+        "persona_id": p.persona_id, "profile": p.profile, "personality": p.personality,
+        "split": p.split, "source": p.source,
+        "status": status, "failure_reason": reason, "turns": len(rows),
+        "scores_missing": sum(s is None for s in scores) if rows else 0,
+        "mean_score": sum(present) / len(present) if present else None,
+        "ir": slope, "r2": r2,
+        "judge_history": judge.history, "scoring": judge.scoring,
+        "llm_calls": run.counters.llm_calls, "prompt_tokens": run.counters.prompt_tokens,
+        "completion_tokens": run.counters.completion_tokens, "latency_s": time.monotonic() - started,
+        "seed": spec.seed, "models": json.dumps(roles.models(), sort_keys=True),
+        "prompt_version": EVAL_PROMPT_VERSION, "finished_at": datetime.now(timezone.utc),
+    }
+    return RolloutResult(rollout=rollout, turns=rows)
+
+
+class _Rollout:
+    def __init__(self, spec: RolloutSpec, roles: EvalRoles, judge: JudgeMode,
+                 on_turn: Callable[[], Any] | None = None) -> None:
+        self.spec, self.roles, self.judge, self.on_turn = spec, roles, judge, on_turn
+        self.counters = _Counters()
+        self.rows: list[dict[str, Any]] = []
+
+    async def run(self, turns: int) -> None:
+        p = self.spec.persona
+        conversation: list[Message] = []
+        for turn in range(1, turns + 1):
+            user = await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
+                                    accept=_non_empty)
+            if user.value is None:
+                raise RolloutFailure(_unusable("simulator", turn, user))
+            conversation = [*conversation, {"role": "user", "content": user.value}]
+            reply = await self._call("model", turn, model_messages(conversation), accept=_non_empty)
+            if reply.value is None:
+                raise RolloutFailure(_unusable("model under test", turn, reply))
+            verdict = await self._judge(turn, conversation, reply.value)
+            self.rows.append(self._row(turn, user, reply, verdict))
+            if self.on_turn is not None:
+                self.on_turn()
+            conversation = [*conversation, {"role": "assistant", "content": reply.value}]
+
+    async def _judge(self, turn: int, conversation: list[Message], reply: str) -> _Call:
+        p = self.spec.persona
+        messages = judge_score_messages(p.profile, p.personality, conversation, reply, history=self.judge.history)
+        if self.judge.scoring == "expected":
+            return await self._call("judge", turn, messages, accept=_expected, choices=SCORE_CHOICES)
+        return await self._call("judge", turn, messages, accept=lambda c: parse_score(c.text))
+
+    async def _call(self, role: str, turn: int, messages: tuple[Message, ...], *,
+                    accept: Callable[[Completion], Any], choices: tuple[str, ...] | None = None) -> _Call:
+        """One role request with retries (new seed per attempt) on engine errors and on replies
+        `accept` rejects. Never raises: after the last attempt the value is None, and the call
+        holds the last reply (or the last error)."""
+        binding: RoleBinding = getattr(self.roles, role)
+        started = time.monotonic()
+        completion, error, seed = None, None, 0
+        for attempt in range(binding.max_attempts):
+            seed = derive_seed(self.spec.seed, turn, role, attempt)
+            s = binding.sampling
+            sampling = Sampling(s.temperature, s.top_p, s.max_tokens, seed)
+            if attempt and sampling.temperature == 0:  # a greedy retry would repeat itself
+                sampling = Sampling(0.7, s.top_p, s.max_tokens, seed)
+            request = ChatRequest(messages=messages, sampling=sampling, choices=choices)
+            self.counters.llm_calls += 1
+            try:
+                (completion,) = await binding.engine.chat([request], affinity=self.spec.rollout_id)
+            except Exception as exc:  # engine down, HTTP error: retry, then give up on this call
+                completion, error = None, f"{type(exc).__name__}: {str(exc)[:500]}"
+                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+                continue
+            error = None
+            self.counters.prompt_tokens += completion.prompt_tokens
+            self.counters.completion_tokens += completion.completion_tokens
+            value = accept(completion)
+            if value is not None:
+                return _Call(completion, value, seed, time.monotonic() - started, attempt + 1)
+        return _Call(completion, None, seed, time.monotonic() - started, binding.max_attempts, error)
+
+    def _row(self, turn: int, user: _Call, reply: _Call, verdict: _Call) -> dict[str, Any]:
+        spec, p = self.spec, self.spec.persona
+        judged = verdict.completion
+        return {
+            "run_id": spec.run_id, "eval_name": spec.eval_name, "rollout_id": spec.rollout_id,
+            "persona_id": p.persona_id, "profile": p.profile, "personality": p.personality,
+            "turn": turn, "user_message": user.value, "reply": reply.value,
+            "score": None if verdict.value is None else float(verdict.value),
+            "score_probs": judged.choice_probs if judged is not None and verdict.value is not None else None,
+            "judge_raw": judged.text if judged is not None else None,
+            "judge_error": verdict.error,
+            "judge_attempts": verdict.attempts,
+            "judge_history": self.judge.history, "scoring": self.judge.scoring,
+            "model": reply.completion.model or self.roles.model.engine.model_name,
+            "simulator_model": user.completion.model or self.roles.simulator.engine.model_name,
+            "judge_model": (judged.model if judged is not None else "") or self.roles.judge.engine.model_name,
+            "prompt_version": EVAL_PROMPT_VERSION,
+            "user_seed": user.seed, "reply_seed": reply.seed, "judge_seed": verdict.seed,
+            "reply_prompt_tokens": reply.completion.prompt_tokens,
+            "reply_tokens": reply.completion.completion_tokens,
+            "reply_finish_reason": reply.completion.finish_reason,
+            "reply_latency_s": reply.latency_s,
+        }
+
+
+def _non_empty(c: Completion) -> str | None:
+    return c.text.strip() or None
+
+
+def _expected(c: Completion) -> float | None:
+    """G-Eval score from the choice probabilities; the chosen answer where there are none."""
+    probs = c.choice_probs
+    if probs is not None and len(probs) == len(SCORE_CHOICES) and abs(sum(probs) - 1) < 1e-3:
+        return expected_score(probs)
+    return parse_score(c.text)
+
+
+def _unusable(who: str, turn: int, call: _Call) -> str:
+    if call.completion is None:
+        return f"{who} call failed at turn {turn} after {call.attempts} attempts: {call.error}"
+    return f"{who} reply unusable at turn {turn} after {call.attempts} attempts: {call.completion.text[:300]!r}"

@@ -1,0 +1,318 @@
+"""The ALOE benchmark end to end: validate inputs, pick the personas, start engine pools, roll out
+every persona concurrently through Ray Data, commit parts, write the report; and the comparison
+of several evaluations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pyarrow as pa
+
+from aloe_ray import storage
+from aloe_ray.config import ConfigError, EvalConfig, save_config
+from aloe_ray.config.engines import EngineBackend
+from aloe_ray.config.eval import EvalPersonasConfig, EvalRolesConfig
+from aloe_ray.engines.base import ChatEngine, Sampling
+from aloe_ray.engines.models import check_model_spec
+from aloe_ray.eval.report import al_plot_png, build_report, compare_markdown, report_markdown
+from aloe_ray.eval.rollout import ROLES, EvalRoles, JudgeMode, RoleBinding, RolloutSpec, make_rollout_specs, roll_out
+from aloe_ray.personas.loaders import (
+    PersonaFileError,
+    load_reference_jsonl,
+    pair_personas,
+    read_personas_table,
+    seed_personas,
+)
+from aloe_ray.personas.model import Persona
+from aloe_ray.personas.seeds import SEED_PERSONALITIES
+from aloe_ray.pipeline.eval_output import EvalOutput, eval_root
+from aloe_ray.prompts.eval import EVAL_PROMPT_VERSION
+from aloe_ray.schema import EVAL_ROLLOUTS, EVAL_TURNS
+from aloe_ray.storage import S3Options
+
+
+def s3_options(cfg) -> S3Options:
+    return S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
+
+
+def benchmark_personas(src: EvalPersonasConfig, num: int | None, s3: S3Options | None = None) -> list[Persona]:
+    """The candidates of the source (table rows of `split`; every JSONL profile x the first N
+    personalities; the seeds' benchmark split, every profile x every personality), distinct by
+    persona id, then the first `num` of a seeded shuffle (all of them, in order, when `num` is None
+    or covers them)."""
+    if src.table:
+        candidates = read_personas_table(src.table, split=src.split, s3=s3)
+    elif src.profiles:
+        profiles = load_reference_jsonl(src.profiles, s3)
+        personalities = load_reference_jsonl(src.personalities, s3)[: src.first_personalities]
+        candidates = pair_personas(profiles, personalities, per_profile=len(personalities), seed=0,
+                                   split="benchmark", source=src.profiles)
+    else:
+        candidates = seed_personas(per_profile=len(SEED_PERSONALITIES), seed=0, split="benchmark")
+    unique = list({p.persona_id: p for p in candidates}.values())
+    if num is None or num >= len(unique):
+        return unique
+    order = list(range(len(unique)))
+    random.Random(src.selection_seed).shuffle(order)
+    return [unique[i] for i in sorted(order[:num])]
+
+
+def rollout_settings(cfg: EvalConfig) -> dict:
+    """What decides a rollout's content: a resumed evaluation must keep all of it."""
+    engines = cfg.used_engines()
+    roles = {r: {**getattr(cfg.roles, r).model_dump(mode="json"),
+                 "model": {k: engines[getattr(cfg.roles, r).engine].model_dump(mode="json")[k]
+                           for k in ("backend", "model", "base_url")}}
+             for r in EvalRolesConfig.model_fields}
+    return {"turns": cfg.turns, "seed": cfg.seed, "judge": cfg.judge.model_dump(mode="json"), "roles": roles,
+            "prompt_version": EVAL_PROMPT_VERSION}
+
+
+def _check_resume(out: EvalOutput, settings: dict) -> None:
+    before = out.read_text("settings.json")
+    if before is None:
+        return
+    old = json.loads(before)
+    changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+    if changed:
+        raise ConfigError(f"{out.root} was rolled out with other settings ({', '.join(changed)} differ); "
+                          f"resume with the same settings or choose another --name or --run_id")
+
+
+def bind_roles(roles: EvalRolesConfig, engines: dict[str, ChatEngine]) -> EvalRoles:
+    def bind(name: str) -> RoleBinding:
+        cfg = getattr(roles, name)
+        s = cfg.sampling
+        return RoleBinding(engines[cfg.engine], Sampling(s.temperature, s.top_p, s.max_tokens), cfg.max_attempts)
+
+    return EvalRoles(*(bind(r) for r in ROLES))
+
+
+class TurnBoard:
+    """Ray actor: counts finished turns, for progress lines between committed parts."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def turn_done(self) -> None:
+        self.turns += 1
+
+    def count(self) -> int:
+        return self.turns
+
+
+class RolloutRunner:
+    """Ray Data stage: rolls out one part's personas concurrently (asyncio tasks against the shared
+    engine pools) and commits the part."""
+
+    def __init__(self, roles: EvalRolesConfig, engines: dict[str, ChatEngine], judge: JudgeMode, turns: int,
+                 output: EvalOutput, board=None) -> None:
+        self.roles = bind_roles(roles, engines)
+        self.judge, self.turns, self.output, self.board = judge, turns, output, board
+
+    async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
+        specs = [RolloutSpec.from_row(row) for row in batch.to_pylist()]
+        on_turn = (lambda: self.board.turn_done.remote()) if self.board is not None else None
+        results = await asyncio.gather(*(roll_out(s, self.roles, self.judge, self.turns, on_turn=on_turn)
+                                         for s in specs))
+        part = await asyncio.to_thread(self.output.commit, results)
+        cols = ("rollout_id", "status", "failure_reason", "scores_missing", "completion_tokens")
+        summary = {c: [r.rollout[c] for r in results] for c in cols}
+        summary["part"] = [part] * len(results)
+        yield summary
+
+
+def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
+    """Roll out, score and report into `<output>/<run_id>/eval/<name>/`; returns the report."""
+    started = time.time()
+    s3 = s3_options(cfg)
+    # Bad input fails here, before Ray starts or any model loads.
+    personas = benchmark_personas(cfg.personas, cfg.num_personas, s3)
+    specs = make_rollout_specs(cfg.run_id, cfg.eval_name, personas, seed=cfg.seed)
+    for engine in cfg.used_engines().values():
+        if engine.backend != EngineBackend.openai:
+            check_model_spec(engine.model)
+    out = EvalOutput(eval_root(cfg.output, cfg.run_id, cfg.eval_name), s3)
+    settings = rollout_settings(cfg)
+    _check_resume(out, settings)
+    out.write_text("config.yaml", save_config(cfg))
+    out.write_json("settings.json", settings)
+    done, orphans = out.recover(retry_failed=cfg.pipeline.retry_failed)
+    pending = [s for s in specs if s.rollout_id not in done]
+    log(f"[aloe-ray] eval {cfg.eval_name} of run {cfg.run_id}: {len(specs)} personas x {cfg.turns} turns; "
+        f"{len(specs) - len(pending)} already done, {len(pending)} to roll out -> {out.root}")
+    if orphans:
+        log(f"[aloe-ray] recovery: removed {orphans} uncommitted part(s)")
+    stats: dict = {"rollout_s": 0.0}
+    if pending:
+        stats = _roll_out_all(cfg, pending, out, s3, log=log)
+
+    ids = {s.rollout_id for s in specs}
+    turns = [r for r in out.read("turns").to_pylist() if r["rollout_id"] in ids]
+    rollouts = [r for r in out.read("rollouts").to_pylist() if r["rollout_id"] in ids]
+    models = {r: cfg.engines[getattr(cfg.roles, r).engine].model for r in ROLES}
+    meta = {"name": cfg.eval_name, "run_id": cfg.run_id, "output": out.root, "models": models,
+            "judge_history": cfg.judge.history, "scoring": cfg.judge.scoring.value,
+            "prompt_version": EVAL_PROMPT_VERSION}
+    r = cfg.report
+    report = build_report(turns, rollouts, turns=cfg.turns, meta=meta, samples=r.bootstrap_samples, seed=r.seed,
+                          level=r.ci_level)
+    out.write_json("report.json", report)
+    out.write_text("report.md", report_markdown(report))
+    out.write_bytes("al_curve.png", al_plot_png([report], [cfg.eval_name]))
+    out.write_json("manifest.json", {
+        "run_id": cfg.run_id, "job": "eval_aloe", "eval_name": cfg.eval_name, "output": out.root,
+        "counts": {"personas": len(specs), "rollouts_ok": report["personas"],
+                   "rollouts_failed": report["rollouts_failed"], "turns": len(turns),
+                   "scores_missing": report["scores_missing"]},
+        "timing": {"wall_s": time.time() - started, "rollout_s": stats.pop("rollout_s")},
+        "engines": stats, "tables": {"turns": EVAL_TURNS.names, "rollouts": EVAL_ROLLOUTS.names},
+        "config": cfg.model_dump(mode="json"),
+    })
+    _log_summary(report, out, log)
+    return report
+
+
+def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, s3, *, log) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from aloe_ray.engines.pool import EnginePool, start_engine_pools
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
+                 log_to_driver=True)
+    DataContext.get_current().enable_progress_bars = False
+    engines = cfg.used_engines()
+    log("[aloe-ray] starting engine pools: "
+        + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
+    pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}.{cfg.eval_name}",
+                               namespace=cfg.ray.namespace, s3=s3)
+    board = ray.remote(num_cpus=0)(TurnBoard).remote()
+    try:
+        p = cfg.pipeline
+        ds = ray.data.from_items([s.to_row() for s in pending],
+                                 override_num_blocks=math.ceil(len(pending) / p.rollouts_per_part))
+        ds = ds.map_batches(
+            RolloutRunner,
+            batch_size=p.rollouts_per_part,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=p.runner_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
+                                      max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
+            num_cpus=p.runner_num_cpus,
+            fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "output": out, "turns": cfg.turns,
+                                   "judge": JudgeMode(cfg.judge.history, cfg.judge.scoring.value), "board": board},
+        )
+        began = time.monotonic()
+        total_turns = len(pending) * cfg.turns
+        counts = {"ok": 0, "failed": 0, "missing": 0}
+        failures: list[str] = []
+
+        def report_progress() -> None:
+            turns = ray.get(board.count.remote(), timeout=30)
+            elapsed = time.monotonic() - began
+            rate = turns / elapsed if elapsed > 0 else 0
+            eta = f"{(total_turns - turns) / rate:.0f}s" if rate > 0 else "?"
+            log(f"[eval] personas done {counts['ok'] + counts['failed']}/{len(pending)} "
+                f"({counts['failed']} failed) | turns {turns}/{total_turns} | missing scores {counts['missing']} "
+                f"| elapsed {elapsed:.0f}s | ETA {eta}")
+
+        stop = threading.Event()
+
+        def heartbeat() -> None:
+            while not stop.wait(p.progress_interval_s):
+                try:
+                    report_progress()
+                except Exception:  # a slow poll must never stop the run
+                    pass
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    counts["ok" if row["status"] == "ok" else "failed"] += 1
+                    counts["missing"] += int(row["scores_missing"] or 0)
+                    if row["status"] != "ok":
+                        failures.append(f"{row['rollout_id']}: {row['failure_reason']}")
+        finally:
+            stop.set()
+            beat.join()
+        report_progress()
+        for line in failures[:5]:
+            log(f"[aloe-ray] failed {line}")
+        stats: dict = {"rollout_s": time.monotonic() - began}
+        for name, pool in pools.items():
+            if isinstance(pool, EnginePool):
+                stats[name] = ray.get([h.stats.remote() for h in pool.handles])
+        return stats
+    finally:  # the engines' names are the run's: free them for a rerun in the same Ray instance
+        for pool in pools.values():
+            for handle in getattr(pool, "handles", []):
+                ray.kill(handle, no_restart=True)
+        ray.kill(board)
+
+
+def _log_summary(report: dict, out: EvalOutput, log) -> None:
+    def fmt(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    al = ", ".join(fmt(v) for v in report["AL"])
+    ci = report.get("IR_CI")
+    log(f"[aloe-ray] {report['name']}: {report['personas']} personas, {report['scores_missing']} missing scores, "
+        f"{report['rollouts_failed']} failed rollouts")
+    log(f"[aloe-ray] AL(k) = [{al}]")
+    log(f"[aloe-ray] IR {fmt(report['IR'])} (CI {'–' if not ci else f'{ci[0]:.3f}..{ci[1]:.3f}'}), "
+        f"R2 {fmt(report['R2'])}, N-IR {fmt(report['N_IR'])}, N-R2 {fmt(report['N_R2'])}")
+    log(f"[aloe-ray] output: {out.root}/ (turns/, rollouts/, report.json, report.md, al_curve.png)")
+
+
+def find_reports(path: str, s3: S3Options | None = None) -> list[str]:
+    """report.json URIs a compare argument names: the file itself, an evaluation folder, or a run
+    folder (every evaluation in its eval/)."""
+    if path.endswith(".json"):
+        if not storage.exists(path, s3):
+            raise FileNotFoundError(f"no such report: {path}")
+        return [path]
+    direct = storage.join(path, "report.json")
+    if storage.exists(direct, s3):
+        return [direct]
+    found = [u for u in storage.list_files(storage.join(path, "eval"), "report.json", s3)
+             if u.count("/") == storage.join(path, "eval").count("/") + 2]
+    if not found:
+        raise FileNotFoundError(f"no report.json in {path} (expected an eval folder, a run folder or a report.json)")
+    return found
+
+
+def compare_reports(paths: Sequence[str], output: str, *, labels: Sequence[str] | None = None,
+                    s3: S3Options | None = None, log: Callable[[str], None] = print) -> str:
+    """Put several evaluations side by side: `<output>/compare.md`, `compare.json`, `al_curves.png`."""
+    uris = [u for p in paths for u in find_reports(p, s3)]
+    reports = [json.loads(storage.read_text(u, s3)) for u in uris]
+    if labels is not None and len(labels) != len(reports):
+        raise ConfigError(f"--labels names {len(labels)} evaluations but {len(reports)} reports were found")
+    if labels is None:
+        labels = [r.get("name") or u for r, u in zip(reports, uris)]
+        if len(set(labels)) != len(labels):
+            labels = [f"{r.get('run_id')}/{r.get('name')}" for r in reports]
+    table = compare_markdown(reports, labels)
+    storage.write_text(storage.join(output, "compare.md"), "# ALOE benchmark comparison\n\n" + table + "\n"
+                       + "\n".join(f"- {lab}: {u}" for lab, u in zip(labels, uris)) + "\n", s3)
+    storage.write_text(storage.join(output, "compare.json"), json.dumps(
+        [{"label": lab, "report": u, **{m: r.get(m) for m in ("AL", "IR", "R2", "N_AL", "N_IR", "N_R2", "AL_CI",
+                                                              "IR_CI", "R2_CI", "N_IR_CI", "N_R2_CI")}}
+         for lab, u, r in zip(labels, uris, reports)], indent=2) + "\n", s3)
+    storage.write_bytes(storage.join(output, "al_curves.png"), al_plot_png(reports, labels), s3)
+    log(table)
+    log(f"[aloe-ray] compare: {len(reports)} evaluations -> {storage.join(output, 'compare.md')}, "
+        f"{storage.join(output, 'al_curves.png')}")
+    return table
+
+
+__all__ = ["PersonaFileError", "benchmark_personas", "compare_reports", "find_reports", "run_eval"]

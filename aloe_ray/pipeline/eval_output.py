@@ -1,0 +1,95 @@
+"""The folder of one evaluation, `<output>/<run_id>/eval/<name>/`, and its exactly-once commits.
+
+Rollouts are written in parts: `turns/part-X.parquet`, then `rollouts/part-X.parquet`. Each file
+is written atomically and the rollouts part is the commit (as in the tree job's RunOutput): a
+turns part without its rollouts part is an orphan of a crash and is deleted on the next start.
+X is a hash of the part's rollout ids, so a retried Ray task rewrites the same files. A persona
+is finished once a committed rollouts part holds it with status 'ok'.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aloe_ray import storage
+from aloe_ray.eval.rollout import RolloutResult
+from aloe_ray.schema import EVAL_ROLLOUTS, EVAL_TURNS
+from aloe_ray.storage import S3Options
+from aloe_ray.trees.spec import stable_id
+
+SCHEMAS = {"turns": EVAL_TURNS, "rollouts": EVAL_ROLLOUTS}
+
+
+def eval_root(output: str, run_id: str, name: str) -> str:
+    return storage.join(output, run_id, "eval", name)
+
+
+class EvalOutput:
+    def __init__(self, root: str, s3: S3Options | None = None) -> None:
+        self.root = root
+        self.s3 = s3
+
+    def file(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    def commit(self, results: list[RolloutResult]) -> str:
+        """Write one part (turns, then rollouts) for these finished rollouts; returns its name."""
+        part = "part-" + stable_id(*sorted(r.rollout["rollout_id"] for r in results)) + ".parquet"
+        turns = [t for r in results for t in r.turns]
+        if turns:
+            storage.write_parquet(self.file(f"turns/{part}"), pa.Table.from_pylist(turns, EVAL_TURNS), self.s3)
+        rollouts = pa.Table.from_pylist([r.rollout for r in results], EVAL_ROLLOUTS)
+        storage.write_parquet(self.file(f"rollouts/{part}"), rollouts, self.s3)
+        return part
+
+    def recover(self, *, retry_failed: bool) -> tuple[set[str], int]:
+        """(ids of finished rollouts, orphan parts removed). With `retry_failed`, failed rollouts'
+        rows are dropped so they run again; else they count as finished."""
+        parts = {self._name(u): u for u in storage.list_files(self.file("rollouts"), ".parquet", self.s3)}
+        orphans = 0
+        for uri in storage.list_files(self.file("turns"), ".parquet", self.s3):
+            if self._name(uri) not in parts:
+                storage.delete_file(uri, self.s3)
+                orphans += 1
+        done: set[str] = set()
+        for uri in parts.values():
+            table = storage.read_parquet(uri, self.s3, schema=EVAL_ROLLOUTS)
+            failed = pc.equal(table["status"], "failed")
+            done.update(table.filter(pc.invert(failed))["rollout_id"].to_pylist())
+            if not retry_failed:
+                done.update(table.filter(failed)["rollout_id"].to_pylist())
+            elif pc.any(failed).as_py():
+                kept = table.filter(pc.invert(failed))
+                if kept.num_rows:
+                    storage.write_parquet(uri, kept, self.s3)
+                else:
+                    storage.delete_file(uri, self.s3)
+        return done, orphans
+
+    def read(self, name: str) -> pa.Table:
+        schema = SCHEMAS[name]
+        if not storage.exists(self.file(name), self.s3):
+            return schema.empty_table()
+        return storage.read_parquet(self.file(name), self.s3, schema=schema)
+
+    def read_text(self, name: str) -> str | None:
+        try:
+            return storage.read_text(self.file(name), self.s3)
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, name: str, text: str) -> None:
+        storage.write_text(self.file(name), text, self.s3)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        storage.write_bytes(self.file(name), data, self.s3)
+
+    def write_json(self, name: str, data: dict) -> None:
+        self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
+
+    @staticmethod
+    def _name(uri: str) -> str:
+        return uri.rsplit("/", 1)[-1]
