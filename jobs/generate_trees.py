@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = parse_config(argv)
+        args = sys.argv[1:] if argv is None else argv
+        if not any(a == "--config" or a.startswith("--config=") for a in args):
+            print(f"[aloe-ray] no --config: the embedded default, {cfg.num_trees} trees of up to "
+                  f"{cfg.tree.max_turns} turns on the bundled model (the method's turn cap is 10: "
+                  "--tree.max_turns=10); --help lists every key")
         from aloe_ray.pipeline.generate import run_generation
 
         manifest = run_generation(cfg)

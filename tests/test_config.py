@@ -30,6 +30,18 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg.roles.simulator.sampling.max_tokens == 48  # role-specific default survives
 
 
+def test_embedded_default_applies_only_without_a_config_file(tmp_path):
+    quick = load_config(GenerateTreesConfig, [])
+    assert (quick.num_trees, quick.tree.max_turns) == (8, 3)  # a few short trees on a laptop
+    assert load_config(GenerateTreesConfig, ["--tree.max_turns=10"]).tree.max_turns == 10  # flags win
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text("run_id: r\n")
+    from_file = load_config(GenerateTreesConfig, ["--config", str(cfg_file)])
+    assert from_file.tree.max_turns == 10 == GenerateTreesConfig().tree.max_turns  # the method's turn cap
+    assert "Without --config (the embedded default)" in config_help(GenerateTreesConfig)
+    assert "tree.max_turns=3" in config_help(GenerateTreesConfig)
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--tree.max_turnz=3"], "unknown key 'tree.max_turnz'; did you mean 'max_turns'?"),
     (["--tree.policy=best"], "tree.policy: Input should be 'chosen', 'random' or 'all' (got 'best')"),

@@ -59,12 +59,19 @@ def check_run(output: str, run_id: str, n_trees: int, candidates: int = 2, s3: S
     return trees, nodes
 
 
+def manifest_tokens(run_dir) -> int:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return sum(s["served_tokens"] for s in manifest["engines"]["default"])
+
+
 def test_local_run_writes_tables_manifest_and_resumes(tmp_path):
     out_dir = str(tmp_path / "data")
     proc = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{out_dir}/local" in proc.stdout and "3 ok, 0 failed trees" in proc.stdout
     assert "[trees] done 3/3" in proc.stdout and "tok/s" in proc.stdout
+    assert "turns 6/6" in proc.stdout  # the heartbeat counts turns as they complete, not only parts
+    assert manifest_tokens(tmp_path / "data" / "local") > 0
     trees, nodes = check_run(out_dir, "local", 3)
     assert nodes.num_rows == 3 * 2 * 3
     users = nodes.filter(pc.equal(nodes["role"], "user")).to_pylist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -111,6 +112,10 @@ def _new_run_id() -> str:
 
 class GenerateTreesConfig(StrictModel):
     """Grow persona-conditioned multi-turn preference trees into Parquet."""
+
+    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_trees": 8, "tree": {"max_turns": 3}}
+    """Without a config file: a handful of short trees, a few minutes on 2 CPU cores. The field
+    defaults (10 turns) are the method's and apply to every config file."""
 
     run_id: str = Field(default_factory=_new_run_id, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Run name; ids and seeds derive from it. Rerun with the same run_id to resume."""

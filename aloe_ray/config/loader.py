@@ -1,10 +1,15 @@
 """Load a job config: class defaults, then `--config file.yaml`, then `--key.sub=value` flags.
 
+A config class may declare `EMBEDDED_DEFAULT: ClassVar[dict]`: settings that apply only when no
+`--config` file is given (the laptop quick run, e.g. a few short trees), while the class defaults
+stay the method's values that a config file builds on. Flags override both.
+
 Errors name the offending key and what is allowed, before anything heavy starts.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import sys
 import types
@@ -35,9 +40,26 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
     data: dict[str, Any] = cls().model_dump(mode="json")
     if config_file:
         _merge(data, _read_yaml(config_file))
+    else:
+        _merge(data, copy.deepcopy(embedded_default(cls)))
     for key, raw in overrides:
         _set_path(data, key, _parse_value(raw))
     return validate_config(cls, data, source=config_file)
+
+
+def embedded_default(cls: type[BaseModel]) -> dict[str, Any]:
+    """What `cls` sets on top of its defaults when run without a config file."""
+    return getattr(cls, "EMBEDDED_DEFAULT", None) or {}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
@@ -168,8 +190,11 @@ def config_help(cls: type[BaseModel], *, prog: str | None = None) -> str:
         doc,
         "",
         "Values: class defaults, then --config, then flags (YAML syntax: 3, true, null, [a, b]).",
-        "Fields:",
     ]
+    if embedded_default(cls):
+        lines.append("Without --config (the embedded default) these also apply, before flags: "
+                     + ", ".join(_flat(embedded_default(cls))) + ".")
+    lines.append("Fields:")
     _help_lines(cls(), "", lines)
     return "\n".join(lines)
 

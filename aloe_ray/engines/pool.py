@@ -27,16 +27,23 @@ class EngineActor:
 
     def __init__(self, cfg: EngineConfig, s3: S3Options | None) -> None:
         self.engine = build_engine(cfg, s3)
+        self.served_requests = self.served_tokens = 0
 
     async def ready(self) -> dict:
         return {"model": self.engine.model_name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     async def chat(self, requests: list[ChatRequest], affinity: str | None = None) -> list[Completion]:
-        return await self.engine.chat(requests, affinity)
+        completions = await self.engine.chat(requests, affinity)
+        self.served_requests += len(completions)
+        self.served_tokens += sum(c.completion_tokens for c in completions)
+        return completions
 
     async def stats(self) -> dict:
+        """Backend stats (hf: utilisation, batching, prefix cache) plus what this actor served,
+        whatever the backend: `served_requests` and `served_tokens` (completion tokens)."""
         stats = getattr(self.engine, "stats", None)
-        return stats.as_dict() if stats is not None else {}
+        out = stats.as_dict() if stats is not None else {}
+        return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens}
 
 
 class EnginePool:

@@ -69,7 +69,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
 
     from aloe_ray.engines.pool import EnginePool, start_engine_pools
     from aloe_ray.pipeline.grower import TreeGrower
-    from aloe_ray.pipeline.progress import Progress
+    from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
 
     if not ray.is_initialized():
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
@@ -80,6 +80,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
     pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     p = cfg.pipeline
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     ds = ray.data.from_items([s.to_row() for s in pending],
                              override_num_blocks=math.ceil(len(pending) / p.trees_per_part))
     ds = ds.map_batches(
@@ -89,15 +90,35 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         compute=ActorPoolStrategy(size=p.grower_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
                                   max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
         num_cpus=p.grower_num_cpus,
-        fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out},
+        fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out, "board": board},
     )
     grow_started = time.monotonic()
-    in_flight = p.grower_actors * p.parts_in_flight_per_actor * p.trees_per_part
-    progress = Progress(total=total, already_done=already, in_flight_cap=in_flight,
+    progress = Progress(total=total, already_done=already, to_grow=len(pending), max_turns=shape.max_turns,
                         interval_s=p.progress_interval_s, log=log)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        progress.update(batch.to_pylist())
-    progress.report()
+    engine_pools = [pool for pool in pools.values() if isinstance(pool, EnginePool)]
+    all_local = len(engine_pools) == len(pools)  # openai pools count no tokens: use committed trees'
+
+    def poll() -> dict:
+        snapshot = ray.get(board.snapshot.remote(), timeout=30)
+        tokens = None
+        if all_local:
+            stats = ray.get([h.stats.remote() for pool in engine_pools for h in pool.handles], timeout=30)
+            tokens = sum(s.get("served_tokens", 0) for s in stats)
+        return {**snapshot, "engine_tokens": tokens}
+
+    baseline = poll()["engine_tokens"] or 0  # engines of a resumed run may have served before
+
+    def poll_since_start() -> dict:
+        live = poll()
+        if live["engine_tokens"] is not None:
+            live["engine_tokens"] -= baseline
+        return live
+
+    heartbeat = Heartbeat(progress, poll_since_start)
+    with heartbeat:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            progress.update(batch.to_pylist())
+    heartbeat.beat()
     for tree_id, reason in progress.failures[:5]:
         log(f"[aloe-ray] failed {tree_id}: {reason}")
     stats: dict = {"grow_s": time.monotonic() - grow_started}

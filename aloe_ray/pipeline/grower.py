@@ -31,15 +31,26 @@ def bind_roles(roles: RolesConfig, engines: dict[str, ChatEngine]) -> TreeRoles:
 
 
 class TreeGrower:
-    def __init__(self, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape, output: RunOutput):
+    def __init__(self, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape, output: RunOutput,
+                 board=None):
         self.roles = bind_roles(roles, engines)
         self.shape = shape
         self.output = output
+        self.board = board
+        """Handle of the run's ProgressBoard actor (or None): told of tree starts and finished turns,
+        fire and forget."""
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
         specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]
-        results = await asyncio.gather(*(grow_tree(s, self.roles, self.shape) for s in specs))
+        results = await asyncio.gather(*(self._grow(s) for s in specs))
         part = await asyncio.to_thread(self.output.commit, results)
         summary = {c: [r.tree.get(c) for r in results] for c in SUMMARY_COLUMNS if c != "part"}
         summary["part"] = [part] * len(results)
         yield summary
+
+    async def _grow(self, spec: TreeSpec):
+        if self.board is None:
+            return await grow_tree(spec, self.roles, self.shape)
+        self.board.tree_started.remote(spec.tree_id)
+        return await grow_tree(spec, self.roles, self.shape,
+                               on_turn=lambda turn: self.board.turn_done.remote(spec.tree_id, turn))

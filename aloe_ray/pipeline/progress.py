@@ -1,44 +1,125 @@
-"""Progress of a generation run: trees done/failed/in flight, tokens/s and ETA, printed as lines
-(they show on the console and in `ray job logs`)."""
+"""Progress of a generation run: trees done/failed/in flight, turns, tokens/s and ETA, printed as
+lines (they show on the console and in `ray job logs`).
+
+Two sources feed it: committed parts (exact counts of finished trees, from the driver's stream of
+part summaries) and a timer-driven heartbeat, so that a run whose trees all sit in one part is
+not silent until it ends. The heartbeat reads a `ProgressBoard` (a tiny Ray actor the growers
+tell when a tree starts and when a turn completes) and the engines' generated-token counters.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
 
+class ProgressBoard:
+    """Live counters shared by every grower; used as a Ray actor (`ray.remote(ProgressBoard)`)."""
+
+    def __init__(self) -> None:
+        self.started: set[str] = set()
+        self.turns = 0
+
+    def tree_started(self, tree_id: str) -> None:
+        self.started.add(tree_id)
+
+    def turn_done(self, tree_id: str, turn: int) -> None:
+        self.turns += 1
+
+    def snapshot(self) -> dict:
+        return {"started": len(self.started), "turns": self.turns}
+
+
 class Progress:
-    def __init__(self, *, total: int, already_done: int, in_flight_cap: int, interval_s: float,
+    def __init__(self, *, total: int, already_done: int, to_grow: int, max_turns: int, interval_s: float,
                  log: Callable[[str], None] = print) -> None:
-        self.total, self.already_done, self.in_flight_cap = total, already_done, in_flight_cap
-        self.interval_s, self.log = interval_s, log
+        self.total, self.already_done, self.to_grow = total, already_done, to_grow
+        self.max_turns, self.interval_s, self.log = max_turns, interval_s, log
         self.ok = self.failed = self.tokens = 0
+        self.started_trees = self.turns = 0
+        self.engine_tokens: int | None = None
         self.failures: list[tuple[str, str]] = []
         self.started = self._last = time.monotonic()
+        self._lock = threading.Lock()
 
     def update(self, rows: list[dict]) -> None:
-        for row in rows:
-            if row["status"] == "ok":
-                self.ok += 1
-            else:
-                self.failed += 1
-                self.failures.append((row["tree_id"], row["failure_reason"] or ""))
-            self.tokens += int(row["completion_tokens"] or 0)
+        """A part was committed: count its trees."""
+        with self._lock:
+            for row in rows:
+                if row["status"] == "ok":
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.failures.append((row["tree_id"], row["failure_reason"] or ""))
+                self.tokens += int(row["completion_tokens"] or 0)
         if time.monotonic() - self._last >= self.interval_s:
             self.report()
 
+    def observe(self, *, started: int, turns: int, engine_tokens: int | None) -> None:
+        """Live counters from the heartbeat (trees started, turns completed, engine tokens)."""
+        with self._lock:
+            self.started_trees = max(self.started_trees, started)
+            self.turns = max(self.turns, turns)
+            if engine_tokens is not None:
+                self.engine_tokens = engine_tokens
+
     @property
     def remaining(self) -> int:
-        return self.total - self.already_done - self.ok - self.failed
+        return self.to_grow - self.ok - self.failed
+
+    def line(self) -> str:
+        with self._lock:
+            now = time.monotonic()
+            elapsed = max(now - self.started, 1e-9)
+            finished = self.ok + self.failed
+            in_flight = max(min(self.started_trees, self.to_grow) - finished, 0)
+            # Work is measured in turns: every finished tree counts as all its turns.
+            turns_total = self.to_grow * self.max_turns
+            turns_done = min(max(self.turns, finished * self.max_turns), turns_total)
+            rate = turns_done / elapsed
+            eta = f"{(turns_total - turns_done) / rate:.0f}s" if rate > 0 else "?"
+            tokens = self.engine_tokens if self.engine_tokens is not None else self.tokens
+            return (
+                f"[trees] done {self.already_done + finished}/{self.total} (this run {self.ok} ok, "
+                f"{self.failed} failed) in flight {in_flight} | turns {turns_done}/{turns_total} | "
+                f"{tokens / elapsed:.1f} tok/s | elapsed {elapsed:.0f}s | ETA {eta}"
+            )
 
     def report(self) -> None:
         self._last = time.monotonic()
-        elapsed = max(self._last - self.started, 1e-9)
-        finished = self.ok + self.failed
-        rate = finished / elapsed
-        eta = f"{self.remaining / rate:.0f}s" if rate > 0 else "?"
-        self.log(
-            f"[trees] done {self.already_done + self.ok}/{self.total} (this run {self.ok} ok, {self.failed} failed) "
-            f"in flight {min(self.remaining, self.in_flight_cap)} | {self.tokens / elapsed:.1f} tok/s | "
-            f"elapsed {elapsed:.0f}s | ETA {eta}"
-        )
+        self.log(self.line())
+
+
+class Heartbeat:
+    """Prints a progress line every `interval_s` from a background thread, whatever the parts do.
+
+    `poll()` returns the live counters (`started`, `turns`, `engine_tokens`); a poll that fails
+    (an engine actor restarting, say) skips that beat rather than stopping the run.
+    """
+
+    def __init__(self, progress: Progress, poll: Callable[[], dict]) -> None:
+        self.progress, self.poll = progress, poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aloe-progress", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def beat(self) -> None:
+        try:
+            self.progress.observe(**self.poll())
+        except Exception as exc:  # noqa: BLE001 - progress must never break the run
+            self.progress.log(f"[trees] (progress poll failed: {type(exc).__name__}: {exc})")
+            return
+        self.progress.report()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.progress.interval_s):
+            if time.monotonic() - self.progress._last >= self.progress.interval_s * 0.5:
+                self.beat()

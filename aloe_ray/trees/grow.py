@@ -90,8 +90,10 @@ class _Counters:
     nodes: list[dict] = field(default_factory=list)
 
 
-async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape) -> TreeResult:
-    growth = _Growth(spec, roles, shape)
+async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
+                    on_turn: Callable[[int], None] | None = None) -> TreeResult:
+    """Grow one tree. `on_turn(k)` is called when turn k is complete (for progress reporting)."""
+    growth = _Growth(spec, roles, shape, on_turn)
     started = time.monotonic()
     status, reason = "ok", None
     try:
@@ -126,8 +128,9 @@ async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape) -> TreeR
 
 
 class _Growth:
-    def __init__(self, spec: TreeSpec, roles: TreeRoles, shape: TreeShape) -> None:
-        self.spec, self.roles, self.shape = spec, roles, shape
+    def __init__(self, spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
+                 on_turn: Callable[[int], None] | None = None) -> None:
+        self.spec, self.roles, self.shape, self.on_turn = spec, roles, shape, on_turn
         self.persona = spec.persona
         self.counters = _Counters()
 
@@ -140,6 +143,8 @@ class _Growth:
             self.counters.turns = turn
             children = await asyncio.gather(*(self._turn(p, turn) for p in expand))
             frontier = [child for group in children for child in group]
+            if self.on_turn is not None:
+                self.on_turn(turn)
 
     def _within_budget(self, frontier: list[_Path]) -> list[_Path]:
         """Paths to expand this turn; under 'all', stop where the node budget would be exceeded."""

@@ -1,0 +1,63 @@
+"""Progress lines: heartbeat counters, ETA from completed turns, failed polls skipped."""
+
+from __future__ import annotations
+
+import time
+
+from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
+
+
+def test_board_counts_started_trees_and_turns():
+    board = ProgressBoard()
+    for tree in ("t1", "t2", "t1"):
+        board.tree_started(tree)
+    board.turn_done("t1", 1)
+    board.turn_done("t2", 1)
+    assert board.snapshot() == {"started": 2, "turns": 2}
+
+
+def test_heartbeat_line_shows_in_flight_turns_tokens_and_eta():
+    lines: list[str] = []
+    progress = Progress(total=10, already_done=2, to_grow=8, max_turns=3, interval_s=3600, log=lines.append)
+    progress.started -= 100  # pretend 100 s have passed
+    progress.observe(started=4, turns=6, engine_tokens=500)
+    progress.report()
+    line = lines[-1]
+    assert "done 2/10" in line and "in flight 4" in line and "turns 6/24" in line
+    assert "5.0 tok/s" in line
+    eta = int(line.split("ETA ")[1].rstrip("s"))
+    assert 295 <= eta <= 305  # 18 turns left at 0.06 turns/s
+
+    progress.update([{"tree_id": "a", "status": "ok", "failure_reason": None, "completion_tokens": 10},
+                     {"tree_id": "b", "status": "failed", "failure_reason": "judge", "completion_tokens": 5}])
+    progress.report()
+    assert "done 4/10 (this run 1 ok, 1 failed) in flight 2" in lines[-1]
+    assert progress.failures == [("b", "judge")]
+
+
+def test_finished_trees_count_as_all_their_turns_and_tokens_fall_back_to_committed():
+    lines: list[str] = []
+    progress = Progress(total=2, already_done=0, to_grow=2, max_turns=5, interval_s=3600, log=lines.append)
+    progress.update([{"tree_id": "a", "status": "failed", "failure_reason": "x", "completion_tokens": 40}])
+    progress.report()
+    assert "turns 5/10" in lines[-1] and "in flight 0" in lines[-1]
+    assert "0.0 tok/s" not in lines[-1]  # no engine counter (openai pools): committed trees' tokens
+
+
+def test_heartbeat_prints_on_a_timer_and_survives_failed_polls():
+    lines: list[str] = []
+    progress = Progress(total=1, already_done=0, to_grow=1, max_turns=2, interval_s=0.05, log=lines.append)
+    polls = iter([RuntimeError("actor restarting")] + [{"started": 1, "turns": 1, "engine_tokens": 7}] * 1000)
+
+    def poll():
+        item = next(polls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    with Heartbeat(progress, poll):
+        deadline = time.monotonic() + 10
+        while not any("turns 1/2" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert any("progress poll failed: RuntimeError: actor restarting" in line for line in lines)
+    assert any("in flight 1 | turns 1/2" in line for line in lines)
