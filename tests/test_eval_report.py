@@ -130,3 +130,39 @@ def test_job_bad_input_exits_2_before_anything_starts(tmp_path, capsys):
     assert job.main(["compare", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert "no report.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_output_commits_parts_and_recovers_exactly_once(tmp_path):
+    import asyncio
+
+    from aloe_ray.engines.base import Sampling
+    from aloe_ray.eval.rollout import EvalRoles, JudgeMode, RoleBinding, make_rollout_specs, roll_out
+    from aloe_ray.personas.loaders import seed_personas
+    from aloe_ray.pipeline.eval_output import EvalOutput, eval_root
+    from scripted_engine import ScriptedEngine
+
+    class Silent(ScriptedEngine):
+        async def chat(self, requests, affinity=None):
+            out = await super().chat(requests, affinity)
+            for c in out:
+                c.text = ""
+            return out
+
+    specs = make_rollout_specs("r", "base", seed_personas(per_profile=1, seed=0, split="benchmark")[:3])
+    judge = ScriptedEngine("judge", overrides={"responder": lambda req, n: "4"})
+    good = EvalRoles(*(RoleBinding(e, Sampling()) for e in (ScriptedEngine("s"), ScriptedEngine("m"), judge)))
+    bad = EvalRoles(RoleBinding(ScriptedEngine("s"), Sampling()), RoleBinding(Silent("m"), Sampling()),
+                    RoleBinding(judge, Sampling()))
+    results = [asyncio.run(roll_out(s, roles, JudgeMode(), 2)) for s, roles in zip(specs, (good, good, bad))]
+    out = EvalOutput(eval_root(str(tmp_path), "r", "base"))
+    first = out.commit(results[:1])
+    assert out.commit(results[:1]) == first  # a retried task rewrites the same part
+    out.commit(results[1:])
+    orphan = tmp_path / "r" / "eval" / "base" / "turns" / "part-orphan.parquet"
+    orphan.write_bytes((tmp_path / "r" / "eval" / "base" / "turns" / first).read_bytes())
+    assert out.read("turns").num_rows == 2 * 2 + 2  # the orphan is visible until recovery
+    done, orphans = out.recover(retry_failed=False)
+    assert orphans == 1 and done == {s.rollout_id for s in specs}  # failed counts as done
+    done, _ = out.recover(retry_failed=True)
+    assert done == {s.rollout_id for s in specs[:2]}  # the failed rollout runs again
+    assert out.read("rollouts").num_rows == 2 and out.read("turns").num_rows == 4
