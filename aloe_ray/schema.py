@@ -136,8 +136,75 @@ EVAL_ROLLOUTS = pa.schema([
     _f("finished_at", pa.timestamp("us", tz="UTC"), "When the rollout was written."),
 ])
 
+POOL_MEMBERS = pa.schema([
+    _f("run_id", pa.string(), "Run that built the pool.", False),
+    _f("kind", pa.string(), "'profile' or 'personality'.", False),
+    _f("member_id", pa.string(), "Stable id of the text (as profile_id / personality_id in personas).", False),
+    _f("text", pa.string(), "The profile (facts only) or personality (traits only).", False),
+    _f("round", pa.int32(), "Round that added it: 0 for the seeds, then 1, 2, ...", False),
+    _f("source", pa.string(), "'seeds', the seed file or table it came from, or 'round-N'.", False),
+    _f("request_index", pa.int32(), "Generation request (within the round) whose reply held it; null for seeds."),
+    _f("max_similarity", pa.float32(), "Largest cosine similarity to the members kept before it, when it was accepted."),
+    _f("embedding", pa.list_(pa.float32()), "L2-normalised sentence embedding (model in the manifest)."),
+    _f("model", pa.string(), "Model that wrote it; null for seeds."),
+    _f("prompt_version", pa.string(), "Version of the generation prompts; null for seeds."),
+    _f("seed", pa.int64(), "Sampling seed of the request that wrote it."),
+])
+
+POOL_ROUNDS = pa.schema([
+    _f("run_id", pa.string(), "Run that built the pool.", False),
+    _f("round", pa.int32(), "Round number; 0 is the seeds.", False),
+    _f("kind", pa.string(), "'profile' or 'personality'.", False),
+    _f("requests", pa.int32(), "Generation requests sent."),
+    _f("requests_failed", pa.int32(), "Requests whose engine call failed after retries (no reply)."),
+    _f("asked", pa.int32(), "New members asked for (requests x new per request)."),
+    _f("candidates", pa.int32(), "Items parsed from the replies."),
+    _f("rejected_filter", pa.int32(), "Candidates rejected by a filter (length, language, role leak...)."),
+    _f("rejection_reasons", pa.string(), "JSON: rejected candidates per reason, dedup included."),
+    _f("rejected_duplicate", pa.int32(), "Candidates rejected as too similar to a kept member."),
+    _f("accepted", pa.int32(), "Candidates added to the pool.", False),
+    _f("acceptance_rate", pa.float64(), "accepted / candidates (0 when there were none)."),
+    _f("pool_size", pa.int32(), "Members of this kind after the round.", False),
+    _f("similarity_histogram", pa.list_(pa.int32()),
+       "Filtered candidates per max-similarity bin: 10 equal bins over [0, 1] (below 0 in the first)."),
+    _f("stopped", pa.string(), "Why this kind stops after the round ('target', 'acceptance', 'max_rounds'), or null."),
+    _f("prompt_tokens", pa.int64(), "Prompt tokens of the round's requests."),
+    _f("completion_tokens", pa.int64(), "Generated tokens of the round's requests."),
+    _f("generate_s", pa.float64(), "Seconds the round's generation and embedding took (both kinds together)."),
+    _f("dedup_s", pa.float64(), "Seconds this kind's dedup took."),
+    _f("committed_at", pa.timestamp("us", tz="UTC"), "When the round was committed."),
+])
+
+_MESSAGES = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+
+# The training jobs export the rows they train on (TRL's conversational formats).
+SFT = pa.schema([
+    _f("run_id", pa.string(), "Run that grew the tree.", False),
+    _f("tree_id", pa.string(), "Tree the conversation comes from.", False),
+    _f("example_id", pa.string(), "Deterministic id: hash of tree id and leaf node.", False),
+    _f("messages", _MESSAGES, "The conversation along the continued path: user/assistant alternating.", False),
+    _f("assistant_targets", pa.list_(pa.bool_()), "Per assistant message: carries loss (chosen by the judge).", False),
+    _f("num_turns", pa.int32(), "Turns in the conversation."),
+    _f("num_targets", pa.int32(), "Assistant messages with loss."),
+])
+
+DPO = pa.schema([
+    _f("run_id", pa.string(), "Run that grew the tree.", False),
+    _f("tree_id", pa.string(), "Tree the pair comes from.", False),
+    _f("pair_id", pa.string(), "Deterministic id: hash of tree id and the two candidates.", False),
+    _f("turn", pa.int32(), "Turn of the pair.", False),
+    _f("prompt", _MESSAGES, "History along the continued path up to and including the user message.", False),
+    _f("chosen", _MESSAGES, "The judge-preferred reply (one assistant message).", False),
+    _f("rejected", _MESSAGES, "Another candidate of the same turn (one assistant message).", False),
+    _f("chosen_node_id", pa.string(), "Node of the chosen reply."),
+    _f("rejected_node_id", pa.string(), "Node of the rejected reply."),
+    _f("chosen_personalized", pa.bool_(), "The chosen reply was written with the induced persona as hint."),
+    _f("judge_margin", pa.float64(), "Judge probability of chosen minus rejected, if known."),
+])
+
 TABLES = {"personas": PERSONAS, "nodes": NODES, "trees": TREES, "eval_turns": EVAL_TURNS,
-          "eval_rollouts": EVAL_ROLLOUTS}
+          "eval_rollouts": EVAL_ROLLOUTS, "profiles": POOL_MEMBERS, "personalities": POOL_MEMBERS,
+          "rounds": POOL_ROUNDS, "sft": SFT, "dpo": DPO}
 
 
 def describe(schema: pa.Schema) -> str:

@@ -14,16 +14,30 @@ from aloe_ray.config.generate import (
     TreeConfig,
 )
 from aloe_ray.config.loader import ConfigError, load_config, save_config
+from aloe_ray.config.personas import (
+    BenchmarkSplitConfig,
+    EmbeddingConfig,
+    GeneratePersonasConfig,
+    PairingConfig,
+    PoolKindConfig,
+    PoolSeedsConfig,
+)
 
 __all__ = [
+    "BenchmarkSplitConfig",
     "ConfigError",
     "ContinuationPolicy",
+    "EmbeddingConfig",
     "EngineBackend",
     "EngineConfig",
     "EvalConfig",
+    "GeneratePersonasConfig",
     "GenerateTreesConfig",
     "JudgeConfig",
+    "PairingConfig",
     "PersonaSourceConfig",
+    "PoolKindConfig",
+    "PoolSeedsConfig",
     "RayConfig",
     "RoleConfig",
     "RolesConfig",

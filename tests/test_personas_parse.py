@@ -1,0 +1,106 @@
+"""Persona generation prompts, the reply parser and the candidate filters (pure, milliseconds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from aloe_ray.personas.filters import CandidateFilter, distinct_trigram_ratio, is_english
+from aloe_ray.personas.rounds import Reply, candidates_from_replies
+from aloe_ray.prompts.personas import PERSONA_PROMPT_VERSION, generation_messages, parse_generated
+
+P1 = "She is 34 and works as a night nurse in Lagos."
+P2 = "He is 52 and runs a hardware shop in Curitiba."
+P3 = "They are 27 and study biology in Bangalore."
+
+
+@pytest.mark.parametrize("reply", [
+    f"1. {P1}\n2. {P2}\n3. {P3}",
+    f"1) {P1}\n2) {P2}\n3) {P3}",
+    f"**1.** {P1}\n**2.** {P2}\n**3.** {P3}",
+    f"#1 {P1}\n#2 {P2}\n#3 {P3}",
+    f"(1) {P1}\n(2) {P2}\n(3) {P3}",
+    f"Profile 1: {P1}\nProfile 2: {P2}\nProfile 3: {P3}",
+    f"1. **Profile:** {P1}\n2. **Profile:** {P2}\n3. **Profile:** {P3}",
+    f"- {P1}\n* {P2}\n• {P3}",
+    f"{P1}\n\n{P2}\n\n{P3}",
+    f"Sure! Here are 3 new profiles:\n\n1. {P1}\n2. {P2}\n3. {P3}\n\nI hope these help!",
+    f"Here are some new profiles:\n\n{P1}\n\n{P2}\n\n{P3}\n\nLet me know if you need more.",
+    f"1.\n{P1}\n2.\n{P2}\n3.\n{P3}",
+    f'1. "{P1}"\n2. "{P2}"\n3. "{P3}"',
+])
+def test_parser_formats(reply):
+    assert parse_generated(reply).items == [P1, P2, P3]
+
+
+def test_parser_wrapped_items_preamble_and_signoff_are_separated():
+    reply = f"Okay, here you go:\n1. {P1[:20]}\n   {P1[20:]}\n2. {P2}\n\nThese should cover a good range."
+    parsed = parse_generated(reply)
+    assert parsed.items == [" ".join(P1.split()), P2]
+    assert parsed.dropped == ["Okay, here you go:", "These should cover a good range."]
+
+
+def test_parser_does_not_take_a_leading_number_for_a_marker():
+    assert parse_generated("34 years old, she works as a nurse.").items == ["34 years old, she works as a nurse."]
+    assert parse_generated("3.5 million people live in her city.").items == ["3.5 million people live in her city."]
+
+
+@pytest.mark.parametrize("reply", ["", "   \n\n ", "Here are the profiles:"])
+def test_parser_empty_or_preamble_only(reply):
+    assert parse_generated(reply).items == []
+
+
+def test_truncated_last_item_and_failed_requests():
+    long = "She is 40 and works as a teacher in a village school; she has two daughters, grows beans and keeps goats."
+    replies = [Reply(1, 11, f"1. {long}\n2. {long.replace('40', '41')}\n3. She is 38 and", "length"),
+               Reply(0, 10, f"1. {long.replace('40', '50')}", "stop"),
+               Reply(2, 12, None, "error", error="EngineError: boom")]
+    cands = candidates_from_replies(replies, CandidateFilter(min_words=5))
+    assert [(c.request_index, c.reason) for c in cands] == [(0, None), (1, None), (1, None), (1, "truncated")]
+    assert cands[0].seed == 10
+
+
+FILTER = CandidateFilter(min_words=8, max_words=40)
+GOOD = "She is 61 and works as a ferry captain in Bergen; she is widowed, has a grown son and keeps bees."
+
+
+@pytest.mark.parametrize("text, reason", [
+    (GOOD, None),
+    ("She is 61 and a captain.", "too_short"),
+    (" ".join([GOOD] * 3), "too_long"),
+    ("As an AI language model, I cannot invent personal details about real people, but here is one.", "role_leak"),
+    ("I'm sorry, but I can't help create profiles of people with their family details and health.", "role_leak"),
+    ("Here are some examples of profiles that you could use for your dataset of many people.", "role_leak"),
+    ("Elle a 61 ans, elle est capitaine de ferry à Bergen, veuve, mère d'un fils adulte, apicultrice.", "not_english"),
+    ("Она капитан парома в Бергене, вдова, у неё взрослый сын и она держит пчёл дома.", "not_english"),
+    ("she likes dogs she likes dogs she likes dogs she likes dogs she likes dogs", "repetitive"),
+])
+def test_filters(text, reason):
+    assert FILTER.reason(text) == reason
+
+
+def test_filter_helpers():
+    assert is_english(GOOD) and not is_english("Ich bin 61 Jahre alt und arbeite als Kapitänin in Bergen.")
+    assert distinct_trigram_ratio(GOOD) == 1.0 and distinct_trigram_ratio("a b a b a b a b") < 0.5
+    # a profession that merely contains a leak-list word is not a leak
+    assert FILTER.reason("He is 45 and works as a dental assistant in Leeds; he is married with three kids.") is None
+
+
+def test_prompts_are_versioned_and_kind_specific():
+    prof = generation_messages("profile", [P1, P2], 7)[0]["content"]
+    pers = generation_messages("personality", ["They are blunt."], 4)[0]["content"]
+    assert "Here are 2 examples:\n1. " + P1 + "\n2. " + P2 in prof and "Write 7 new profiles" in prof
+    assert "Facts only" in prof and "Traits only" in pers and "Write 4 new personalities" in pers
+    assert PERSONA_PROMPT_VERSION == "aloe-ray/personas-v1"
+    with pytest.raises(ValueError):
+        generation_messages("hobby", [P1], 3)
+
+
+def test_pure_core_imports_neither_ray_nor_torch():
+    code = ("import sys; import aloe_ray.prompts.personas, aloe_ray.personas.filters, aloe_ray.personas.dedup, "
+            "aloe_ray.personas.rounds, aloe_ray.personas.splits; "
+            "print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
