@@ -1,0 +1,237 @@
+"""SFT / DPO end to end: rows from trees, exported as a table; a Ray Train `TorchTrainer` around
+TRL; checkpoints under the run root; the final model exported so every engine loads it.
+
+Layout of `<output>/<run_id>/`:
+  sft/ or dpo/        the rows trained on (Parquet, our schema)
+  train/              Ray Train's run: checkpoint_*/checkpoint/ (HF checkpoints with trainer_state.json)
+  model/adapter/      the LoRA adapter (LoRA runs)
+  model/merged/       a plain Hugging Face model folder
+  metrics.json        per-step metrics (loss, rewards, tokens/s) and the final ones
+  config.yaml, manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import pyarrow as pa
+
+from aloe_ray import storage
+from aloe_ray.config import save_config
+from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
+from aloe_ray.engines.models import check_model_spec
+from aloe_ray.schema import DPO, SFT
+from aloe_ray.storage import S3Options
+from aloe_ray.train.datasets import DpoFilters, TreeDataError, dpo_pairs, sft_examples
+
+class TrainingFailed(RuntimeError):
+    """Training did not finish (workers failed more often than scaling.max_failures allows)."""
+
+
+PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+def s3_options(cfg) -> S3Options:
+    return S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
+
+
+def absolute(uri: str) -> str:
+    """Local paths made absolute: Ray workers do not share the driver's working directory."""
+    if storage.is_local(uri):
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    return uri
+
+
+def base_model(cfg) -> str:
+    if isinstance(cfg, TrainDPOConfig) and cfg.from_sft:
+        return absolute(storage.join(cfg.from_sft, "model", "merged"))
+    if cfg.model.startswith((".", "/", "~", "file://")) or os.path.isdir(cfg.model):
+        return absolute(cfg.model)
+    return cfg.model
+
+
+def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
+    """The rows to train on, validated; raises TreeDataError with the reason when there are none."""
+    schema = SFT if task == "sft" else DPO
+    if cfg.data.table:
+        try:
+            table = storage.read_parquet(cfg.data.table, s3)
+        except FileNotFoundError:
+            raise TreeDataError(f"data.table not found: {cfg.data.table}") from None
+        missing = set(schema.names) - set(table.column_names)
+        if missing:
+            raise TreeDataError(f"data.table {cfg.data.table} is not a {task} table: lacks {sorted(missing)}")
+        table = table.select(schema.names).cast(schema)
+    else:
+        rows: list[dict] = []
+        for root in [r.strip() for r in cfg.data.trees.split(",") if r.strip()]:
+            try:
+                nodes = storage.read_parquet(storage.join(root, "nodes"), s3).to_pylist()
+            except FileNotFoundError:
+                raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
+            if task == "sft":
+                rows += sft_examples(nodes, loss_on=cfg.loss_on.value)
+            else:
+                rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
+                                                    cfg.rejected.value))
+        table = pa.Table.from_pylist(rows, schema=schema)
+    id_col = "example_id" if task == "sft" else "pair_id"
+    table = table.sort_by(id_col)
+    if cfg.data.max_examples:
+        table = table.slice(0, cfg.data.max_examples)
+    if table.num_rows == 0:
+        raise TreeDataError(f"no {task} rows to train on from {cfg.data.trees or cfg.data.table}"
+                            + (" after the filters" if task == "dpo" else ""))
+    return table
+
+
+def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[[str], None] = print) -> dict:
+    started = time.time()
+    s3 = s3_options(cfg)
+    model = base_model(cfg)
+    if not (isinstance(cfg, TrainDPOConfig) and cfg.from_sft):
+        check_model_spec(model)
+    elif not storage.exists(storage.join(model, "config.json"), s3):
+        raise TreeDataError(f"from_sft: no merged model at {model} (run jobs/train_sft.py first)")
+    # Bad input fails here, before Ray starts or any model loads.
+    table = training_rows(cfg, task, s3)
+    root = absolute(storage.join(cfg.output, cfg.run_id))
+    storage.write_text(storage.join(root, "config.yaml"), save_config(cfg), s3)
+    table_uri = storage.join(root, task, "part-0.parquet")
+    storage.write_parquet(table_uri, table, s3)
+    log(f"[aloe-ray] {task} run {cfg.run_id}: {table.num_rows} rows -> {storage.join(root, task)}; "
+        f"model {model} ({'LoRA r=%d' % cfg.lora.r if cfg.lora.enabled else 'full fine-tuning'}), "
+        f"{cfg.scaling.num_workers} worker(s){' with GPUs' if cfg.scaling.use_gpu else ' on CPU'}")
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from aloe_ray.train.export import export_model
+    from aloe_ray.train.worker import train_loop
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace, log_to_driver=True)
+    fs, path = storage.filesystem_for(root, s3)
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=_loop_config(cfg, task, model, table_uri, s3),
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name="train",
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.optim.checkpoints_to_keep),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train's WorkerGroupError / ControllerError after max_failures
+        raise TrainingFailed(f"training failed after {sc.max_failures} restart(s); rerun with the same "
+                             f"run_id to resume from the last checkpoint under {storage.join(root, 'train')}:\n"
+                             f"{exc}") from exc
+    if result.checkpoint is None:
+        raise TrainingFailed(f"training finished without a checkpoint (error: {result.error})")
+    train_s = time.time() - started
+    log(f"[aloe-ray] training done; exporting the model from {result.checkpoint.path}")
+    export = ray.remote(num_cpus=min(sc.cpus_per_worker, 1))(export_model)
+    written = ray.get(export.remote(result.checkpoint, base_model=model, lora=cfg.lora.enabled,
+                                    dest=storage.join(root, "model"), s3=s3))
+    history = (written.pop("trainer_state") or {}).get("log_history", [])
+    metrics = {"final": _final(history, result.metrics), "history": history}
+    storage.write_text(storage.join(root, "metrics.json"), json.dumps(metrics, indent=2), s3)
+    manifest = {
+        "run_id": cfg.run_id, "job": f"train_{task}", "output": root, "base_model": model,
+        "rows": table.num_rows, "model": written, "checkpoint": result.checkpoint.path,
+        "metrics": metrics["final"],
+        "timing": {"wall_s": time.time() - started, "train_s": train_s},
+        "packages": _versions(), "config": cfg.model_dump(mode="json"),
+    }
+    storage.write_text(storage.join(root, "manifest.json"), json.dumps(manifest, indent=2, default=str), s3)
+    log(f"[aloe-ray] finished {task} run {cfg.run_id}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["final"].items()
+                                                                  if isinstance(v, float)))
+    log(f"[aloe-ray] model: {written['merged']}" + (f"  adapter: {written['adapter']}" if "adapter" in written else ""))
+    return manifest
+
+
+def _loop_config(cfg, task: str, model: str, table_uri: str, s3: S3Options) -> dict:
+    o = cfg.optim
+    loop = {
+        "task": task, "model": model, "table": table_uri,
+        "s3": {"endpoint_url": s3.endpoint_url, "region": s3.region},
+        "use_gpu": cfg.scaling.use_gpu, "lora": cfg.lora.model_dump(),
+        "learning_rate": cfg.learning_rate(), "num_epochs": o.num_epochs, "max_steps": o.max_steps,
+        "per_device_batch_size": o.per_device_batch_size, "gradient_accumulation_steps": o.gradient_accumulation_steps,
+        "max_length": o.max_length, "warmup_ratio": o.warmup_ratio, "weight_decay": o.weight_decay,
+        "logging_steps": o.logging_steps, "save_steps": o.save_steps, "checkpoints_to_keep": o.checkpoints_to_keep,
+        "seed": o.seed, "bf16": o.bf16, "gradient_checkpointing": o.gradient_checkpointing,
+        "fault": os.environ.get("ALOE_TRAIN_FAULT"),
+    }
+    if task == "dpo":
+        loop.update(beta=cfg.beta, loss_type=cfg.loss_type)
+    return loop
+
+
+def _final(history: list[dict], reported: dict | None) -> dict:
+    final: dict = {}
+    for entry in history:
+        final.update(entry)
+    final.update(reported or {})
+    keep = ("loss", "train_loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected",
+            "tokens_per_second", "num_input_tokens_seen", "epoch", "step", "train_runtime")
+    out = {k: final[k] for k in keep if k in final}
+    losses = [e["loss"] for e in history if "loss" in e]
+    if losses:
+        out["first_loss"] = float(losses[0])
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def run_job(task: str, parse_config: Callable, argv: list[str] | None) -> int:
+    """The body of jobs/train_{sft,dpo}.py: parse, train, map bad input to exit code 2."""
+    import sys
+
+    from aloe_ray.config import ConfigError
+    from aloe_ray.engines.models import ModelNotFoundError
+    from aloe_ray.storage import StorageError
+
+    try:
+        cfg = parse_config(argv)
+        run_training(cfg, task)
+    except ConfigError as exc:
+        hint = _tree_runs_hint() if "data.trees" in str(exc) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 2
+    except (TreeDataError, StorageError, ModelNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tree_runs_hint(output: str = "./aloe-data") -> str:
+    """Local tree runs the user may have meant (`./dev generate` writes them)."""
+    from pathlib import Path
+
+    runs = sorted((p.parent for p in Path(output).glob("*/nodes")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        return "\n  (no tree runs under ./aloe-data yet: `./dev generate` grows some)"
+    return "\n  tree runs found: " + ", ".join(f"--data.trees={p}" for p in runs[-3:])
