@@ -16,6 +16,13 @@ _ROLE_LEAK = re.compile(
     r"|here (?:are|is) (?:the|some|a|\d+)|let me know|hope (?:this|these) help|feel free to)\b",
     re.IGNORECASE,
 )
+# Our own instructions repeated back (a small model's favourite failure), not a person.
+_ECHO = re.compile(
+    r"\b(?:(?:in|written in) the third person|8 to 10|\d+ examples?|the examples|example (?:profiles?|personalit\w+)"
+    r"|new (?:user )?(?:profiles?|personalit\w+)|traits describing|objective facts|(?:user )?profile is a"
+    r"|personality is a|facts only|traits only)\b",
+    re.IGNORECASE,
+)
 _WORD = re.compile(r"[A-Za-z']+")
 # Frequent English function words: a persona description has several of them.
 _ENGLISH = frozenset(
@@ -42,6 +49,8 @@ class CandidateFilter:
             return "too_long"
         if _ROLE_LEAK.search(text):
             return "role_leak"
+        if _ECHO.search(text):
+            return "instruction_echo"
         if not is_english(text, self.min_english_ratio):
             return "not_english"
         if distinct_trigram_ratio(text) < self.min_distinct_trigrams:
