@@ -16,6 +16,7 @@ import pytest
 
 from aloe_ray.personas.dedup import max_similarity
 from aloe_ray.pipeline.persona_output import PoolOutput
+from aloe_ray.pipeline.personas import MANIFEST_DIR
 from aloe_ray.schema import PERSONAS, POOL_MEMBERS, POOL_ROUNDS
 from aloe_ray.storage import S3Options
 from conftest import REFERENCE, REPO, free_port, wait_for_port
@@ -98,11 +99,11 @@ def test_local_run_resume_and_tree_job_reads_personas(tmp_path):
     out, rows, train, bench = check_pool(out_dir, "local", rounds=1)
     seeds = {r["kind"]: r for r in rows if r["round"] == 0}
     assert seeds["profile"]["accepted"] == 28 and seeds["personality"]["accepted"] == 14
-    manifest = json.loads((tmp_path / "data" / "local" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "data" / "local" / MANIFEST_DIR / "manifest.json").read_text())
     assert manifest["counts"]["personas_benchmark"] == 6 and manifest["counts"]["personas_train"] == len(train)
     assert manifest["timing"]["dedup_s"] >= 0 and manifest["embedding_model"] == "all-MiniLM-L6-v2"
     assert manifest["split"]["profile"]["benchmark"] == 3 and manifest["config"]["run_id"] == "local"
-    assert "max_rounds: 1" in (tmp_path / "data" / "local" / "config.yaml").read_text()
+    assert "max_rounds: 1" in (tmp_path / "data" / "local" / MANIFEST_DIR / "config.yaml").read_text()
 
     # the tree job grows trees from the training split of this personas table
     trees_out = str(tmp_path / "trees")
@@ -158,7 +159,7 @@ def test_reference_jsonl_seeds_and_benchmark_files(tmp_path):
     train = personas.filter(pc.equal(personas["split"], "train")).to_pylist()
     eval_profiles = set(json.loads(line) for line in (REFERENCE / "profile_eval.jsonl").read_text().splitlines())
     assert len(bench) == 100 and {p["profile"] for p in bench} == {" ".join(t.split()) for t in eval_profiles}
-    manifest = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "ref" / MANIFEST_DIR / "manifest.json").read_text())
     split = manifest["split"]["profile"]
     # reference training profiles near-duplicating a benchmark one leave training
     assert split["train"] + split["dropped_near_benchmark"] == 331

@@ -30,6 +30,8 @@ from aloe_ray.schema import PERSONAS, POOL_MEMBERS, POOL_ROUNDS
 from aloe_ray.storage import S3Options
 
 KINDS = ("profile", "personality")
+MANIFEST_DIR = "jobs/generate_personas"
+"""config.yaml and manifest.json of this job, under the run root (each stage keeps its own)."""
 
 
 @dataclass
@@ -101,7 +103,7 @@ def run_persona_pool(cfg: GeneratePersonasConfig, log: Callable[[str], None] = p
     s3 = s3_options(cfg)
     seeds, seed_label, bench_files = check_inputs(cfg, s3)
     out = PoolOutput(cfg.output, cfg.run_id, s3)
-    out.write_text("config.yaml", save_config(cfg))
+    out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     committed, removed = out.recover()
     log(f"[personas] run {cfg.run_id}: {len(seeds['profile'])} seed profiles, {len(seeds['personality'])} seed "
         f"personalities ({seed_label}); {len(committed)} round(s) already committed -> {out.root}")
@@ -129,12 +131,12 @@ def run_persona_pool(cfg: GeneratePersonasConfig, log: Callable[[str], None] = p
     personas, split_info = _split_and_pair(cfg, pools, bench_files, runner)
     out.write_personas(pa.Table.from_pylist([p.to_row() for p in personas], PERSONAS))
     manifest = _manifest(cfg, out, started, timing, split_info, personas, runner)
-    out.write_json("manifest.json", manifest)
+    out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
     c = manifest["counts"]
     log(f"[personas] finished run {cfg.run_id}: {c['profiles']} profiles, {c['personalities']} personalities, "
         f"{c['personas_train']} training + {c['personas_benchmark']} benchmark personas; "
         f"dedup {timing['dedup_s']:.3f}s; {manifest['timing']['wall_s']:.0f}s")
-    log(f"[personas] output: {out.root}/{{profiles,personalities,rounds,personas}}/  manifest: {out.file('manifest.json')}")
+    log(f"[personas] output: {out.root}/{{profiles,personalities,rounds,personas}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
     return manifest
 
 
