@@ -60,7 +60,7 @@ def check_run(output: str, run_id: str, n_trees: int, candidates: int = 2, s3: S
 
 
 def manifest_tokens(run_dir) -> int:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "jobs" / "generate_trees" / "manifest.json").read_text())
     return sum(s["served_tokens"] for s in manifest["engines"]["default"])
 
 
@@ -77,11 +77,11 @@ def test_local_run_writes_tables_manifest_and_resumes(tmp_path):
     users = nodes.filter(pc.equal(nodes["role"], "user")).to_pylist()
     assert all(u["judge_choice"] in (0, 1) and len(u["judge_probs"]) == 2 for u in users)
     assert all(n["model"] == "smollm2-135m" and n["seed"] is not None for n in nodes.to_pylist())
-    manifest = json.loads((tmp_path / "data" / "local" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "data" / "local" / "jobs" / "generate_trees" / "manifest.json").read_text())
     assert manifest["counts"]["trees_ok"] == 3 and manifest["counts"]["nodes"] == 18
     assert manifest["config"]["run_id"] == "local" and manifest["packages"]["ray"] == "2.60.0"
     assert manifest["engines"]["default"][0]["generated_tokens"] > 0
-    assert "max_turns: 2" in (tmp_path / "data" / "local" / "config.yaml").read_text()
+    assert "max_turns: 2" in (tmp_path / "data" / "local" / "jobs" / "generate_trees" / "config.yaml").read_text()
 
     # a rerun with the same run_id and a larger target grows only the missing tree
     again = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=4")

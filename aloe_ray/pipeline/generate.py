@@ -20,6 +20,10 @@ from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
 from aloe_ray.trees import TreeShape, make_tree_specs
 
+MANIFEST_DIR = "jobs/generate_trees"
+"""Where the job's resolved config and manifest go inside the run root (each job has its own
+folder there, so the stages of one run never overwrite each other's)."""
+
 PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "pyarrow", "vllm", "openai")
 
 
@@ -41,7 +45,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
-    out.write_text("config.yaml", save_config(cfg))
+    out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
     done = recovered.ok | recovered.failed
     pending = [s for s in specs if s.tree_id not in done]
@@ -55,11 +59,11 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
-    out.write_json("manifest.json", manifest)
+    out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
     c = manifest["counts"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
         f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
-    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file('manifest.json')}")
+    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
     return manifest
 
 
