@@ -46,8 +46,8 @@ def write_trees(root: Path | str, n: int = 4, turns: int = 3, s3=None) -> str:
     return root
 
 
-def metrics(run_root: Path) -> dict:
-    return json.loads((run_root / "metrics.json").read_text())
+def meta(run_root: Path, job: str, name: str) -> dict:
+    return json.loads((run_root / "jobs" / job / name).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def trees(tmp_path_factory) -> str:
 def sft_run(trees, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     marker = out / "crashed"
-    proc = run_job("train_sft.py", f"--data.trees={trees}", f"--output={out}", "--run_id=sft",
+    proc = run_job("train_sft.py", f"--data.trees={trees}", f"--output={out}", "--run_id=run",
                    "--optim.max_steps=6", "--optim.save_steps=3", "--optim.learning_rate=2e-3",
                    "--data.max_examples=4", "--scaling.max_failures=1",
                    env={"ALOE_TRAIN_FAULT": f"4:{marker}"})
@@ -69,33 +69,33 @@ def sft_run(trees, tmp_path_factory):
 def test_sft_trains_lora_on_two_workers_resumes_after_a_crash_and_exports(sft_run, bundled_model_path):
     out, proc, marker = sft_run
     assert proc.returncode == 0, proc.stderr[-4000:]
-    root = out / "sft"
+    root = out / "run"
     # the rows trained on are exported in our schema, one conversation per tree
     table = storage.read_parquet(str(root / "sft"))
     assert table.schema.equals(SFT) and table.num_rows == 4
     # a worker died after step 4; Ray Train restarted the group from the step-3 checkpoint
     assert marker.exists() and "fault injection: worker exits at step 4" in proc.stdout + proc.stderr
     assert "resuming from the checkpoint at step 3" in proc.stdout + proc.stderr
-    history = metrics(root)["history"]
+    history = meta(root, "train_sft", "metrics.json")["history"]
     steps = [h["step"] for h in history if "loss" in h]
     assert steps == [1, 2, 3, 4, 5, 6]  # every step once: resumed, not restarted or repeated
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0]  # a tiny fixed set: the loss goes down
     assert all(h.get("tokens_per_second", 0) > 0 for h in history if "loss" in h)
-    assert list((root / "train").glob("checkpoint_*/checkpoint/trainer_state.json"))  # metrics saved with it
+    assert list((root / "checkpoints" / "sft").glob("checkpoint_*/checkpoint/trainer_state.json"))  # metrics saved with it
     # LoRA B matrices start at zero: training moved them
     from safetensors.torch import load_file
 
-    adapter = load_file(root / "model" / "adapter" / "adapter_model.safetensors")
+    adapter = load_file(root / "models" / "sft" / "adapter" / "adapter_model.safetensors")
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and all(float(t.abs().sum()) > 0 for t in lora_b)
-    assert json.loads((root / "model" / "adapter" / "adapter_config.json").read_text())[
+    assert json.loads((root / "models" / "sft" / "adapter" / "adapter_config.json").read_text())[
         "base_model_name_or_path"] == "smollm2-135m"
     base = load_file(Path(bundled_model_path) / "model.safetensors")
-    merged = load_file(root / "model" / "merged" / "model.safetensors")
+    merged = load_file(root / "models" / "sft" / "merged" / "model.safetensors")
     changed = [k for k in base if k in merged and "q_proj" in k and not (base[k] == merged[k]).all()]
     assert changed  # the merged folder holds the trained weights
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = meta(root, "train_sft", "manifest.json")
     assert manifest["rows"] == 4 and manifest["metrics"]["loss"] == losses[-1]
 
 
@@ -112,7 +112,7 @@ def _generate(model_dir: str) -> str:
 def test_the_sft_result_loads_in_the_engine_and_as_a_served_adapter(sft_run, bundled_model_path):
     out, proc, _ = sft_run
     assert proc.returncode == 0, proc.stderr[-4000:]
-    root = out / "sft" / "model"
+    root = out / "run" / "models" / "sft"
     assert _generate(str(root / "merged"))  # the merged folder generates in our hf engine
     from aloe_ray.engines.models import resolve_adapter
 
@@ -124,19 +124,20 @@ def test_the_sft_result_loads_in_the_engine_and_as_a_served_adapter(sft_run, bun
 def test_dpo_from_the_sft_output_makes_the_reward_margin_positive(sft_run, trees, tmp_path):
     out, proc, _ = sft_run
     assert proc.returncode == 0, proc.stderr[-4000:]
-    dpo = run_job("train_dpo.py", f"--data.trees={trees}", f"--output={out}", "--run_id=dpo",
-                  f"--from_sft={out / 'sft'}", "--optim.max_steps=5", "--optim.save_steps=5",
+    dpo = run_job("train_dpo.py", f"--data.trees={trees}", f"--output={out}", "--run_id=run",
+                  f"--from_sft={out / 'run'}", "--optim.max_steps=5", "--optim.save_steps=5",
                   "--optim.learning_rate=1e-3", "--data.max_examples=4", "--rejected=one")
     assert dpo.returncode == 0, dpo.stderr[-4000:]
-    root = out / "dpo"
+    root = out / "run"  # the same run root as the SFT run: the stages do not collide
     table = storage.read_parquet(str(root / "dpo"))
     assert table.schema.equals(DPO) and table.num_rows == 4
-    history = [h for h in metrics(root)["history"] if "rewards/margins" in h]
+    history = [h for h in meta(root, "train_dpo", "metrics.json")["history"] if "rewards/margins" in h]
     assert len(history) == 5
     assert history[-1]["rewards/margins"] > 0 and history[-1]["loss"] < history[0]["loss"]
-    manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["base_model"] == str(out / "sft" / "model" / "merged")
-    assert (root / "model" / "merged" / "config.json").exists()
+    manifest = meta(root, "train_dpo", "manifest.json")
+    assert manifest["base_model"] == str(root / "models" / "sft" / "merged")
+    assert (root / "models" / "dpo" / "merged" / "config.json").exists()
+    assert meta(root, "train_sft", "manifest.json")["job"] == "train_sft"  # untouched by the DPO run
 
 
 def test_full_fine_tuning_to_s3(s3_bucket, tmp_path, bundled_model_path):
@@ -148,14 +149,14 @@ def test_full_fine_tuning_to_s3(s3_bucket, tmp_path, bundled_model_path):
                    "--lora.enabled=false", "--scaling.num_workers=1", "--optim.max_steps=2",
                    "--optim.save_steps=2", "--optim.learning_rate=1e-4")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert storage.list_files(f"{out}/full/train", "trainer_state.json")  # checkpoints on S3
-    assert not storage.exists(f"{out}/full/model/adapter/adapter_config.json")
-    merged = resolve_model(f"{out}/full/model/merged")  # the engines' s3:// model path
+    assert storage.list_files(f"{out}/full/checkpoints/sft", "trainer_state.json")  # checkpoints on S3
+    assert not storage.exists(f"{out}/full/models/sft/adapter/adapter_config.json")
+    merged = resolve_model(f"{out}/full/models/sft/merged")  # the engines' s3:// model path
     from safetensors.torch import load_file
 
     base, tuned = load_file(Path(bundled_model_path) / "model.safetensors"), load_file(Path(merged) / "model.safetensors")
     assert any(not (base[k] == tuned[k]).all() for k in base if "mlp" in k)  # full fine-tuning moved the MLPs too
-    assert json.loads(storage.read_text(f"{out}/full/metrics.json"))["final"]["step"] == 2
+    assert json.loads(storage.read_text(f"{out}/full/jobs/train_sft/metrics.json"))["final"]["step"] == 2
 
 
 def test_bad_input_fails_before_ray_starts(tmp_path, trees):

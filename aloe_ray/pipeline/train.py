@@ -1,13 +1,12 @@
 """SFT / DPO end to end: rows from trees, exported as a table; a Ray Train `TorchTrainer` around
 TRL; checkpoints under the run root; the final model exported so every engine loads it.
 
-Layout of `<output>/<run_id>/`:
-  sft/ or dpo/        the rows trained on (Parquet, our schema)
-  train/              Ray Train's run: checkpoint_*/checkpoint/ (HF checkpoints with trainer_state.json)
-  model/adapter/      the LoRA adapter (LoRA runs)
-  model/merged/       a plain Hugging Face model folder
-  metrics.json        per-step metrics (loss, rewards, tokens/s) and the final ones
-  config.yaml, manifest.json
+What a run writes under `<output>/<run_id>/` (the same run root as the trees it may share):
+  sft/ or dpo/                 the rows trained on (Parquet, our schema)
+  checkpoints/<task>/          Ray Train's run: checkpoint_*/checkpoint/ (HF checkpoints with trainer_state.json)
+  models/<task>/adapter/       the LoRA adapter (LoRA runs)
+  models/<task>/merged/        a plain Hugging Face model folder
+  jobs/train_<task>/           config.yaml, manifest.json, metrics.json (per-step loss, rewards, tokens/s)
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ def absolute(uri: str) -> str:
 
 def base_model(cfg) -> str:
     if isinstance(cfg, TrainDPOConfig) and cfg.from_sft:
-        return absolute(storage.join(cfg.from_sft, "model", "merged"))
+        return absolute(storage.join(cfg.from_sft, "models", "sft", "merged"))
     if cfg.model.startswith((".", "/", "~", "file://")) or os.path.isdir(cfg.model):
         return absolute(cfg.model)
     return cfg.model
@@ -100,7 +99,8 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     # Bad input fails here, before Ray starts or any model loads.
     table = training_rows(cfg, task, s3)
     root = absolute(storage.join(cfg.output, cfg.run_id))
-    storage.write_text(storage.join(root, "config.yaml"), save_config(cfg), s3)
+    meta = storage.join(root, "jobs", f"train_{task}")
+    storage.write_text(storage.join(meta, "config.yaml"), save_config(cfg), s3)
     table_uri = storage.join(root, task, "part-0.parquet")
     storage.write_parquet(table_uri, table, s3)
     log(f"[aloe-ray] {task} run {cfg.run_id}: {table.num_rows} rows -> {storage.join(root, task)}; "
@@ -116,7 +116,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
 
     if not ray.is_initialized():
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace, log_to_driver=True)
-    fs, path = storage.filesystem_for(root, s3)
+    fs, path = storage.filesystem_for(storage.join(root, "checkpoints"), s3)
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
     trainer = TorchTrainer(
@@ -124,7 +124,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
         train_loop_config=_loop_config(cfg, task, model, table_uri, s3),
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name="train",
+            name=task,
             storage_path=path,
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=sc.max_failures),
@@ -135,7 +135,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
         result = trainer.fit()
     except Exception as exc:  # Ray Train's WorkerGroupError / ControllerError after max_failures
         raise TrainingFailed(f"training failed after {sc.max_failures} restart(s); rerun with the same "
-                             f"run_id to resume from the last checkpoint under {storage.join(root, 'train')}:\n"
+                             f"run_id to resume from the last checkpoint under {storage.join(root, 'checkpoints', task)}:\n"
                              f"{exc}") from exc
     if result.checkpoint is None:
         raise TrainingFailed(f"training finished without a checkpoint (error: {result.error})")
@@ -143,10 +143,10 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     log(f"[aloe-ray] training done; exporting the model from {result.checkpoint.path}")
     export = ray.remote(num_cpus=min(sc.cpus_per_worker, 1))(export_model)
     written = ray.get(export.remote(result.checkpoint, base_model=model, lora=cfg.lora.enabled,
-                                    dest=storage.join(root, "model"), s3=s3))
+                                    dest=storage.join(root, "models", task), s3=s3))
     history = (written.pop("trainer_state") or {}).get("log_history", [])
     metrics = {"final": _final(history, result.metrics), "history": history}
-    storage.write_text(storage.join(root, "metrics.json"), json.dumps(metrics, indent=2), s3)
+    storage.write_text(storage.join(meta, "metrics.json"), json.dumps(metrics, indent=2), s3)
     manifest = {
         "run_id": cfg.run_id, "job": f"train_{task}", "output": root, "base_model": model,
         "rows": table.num_rows, "model": written, "checkpoint": result.checkpoint.path,
@@ -154,7 +154,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
         "timing": {"wall_s": time.time() - started, "train_s": train_s},
         "packages": _versions(), "config": cfg.model_dump(mode="json"),
     }
-    storage.write_text(storage.join(root, "manifest.json"), json.dumps(manifest, indent=2, default=str), s3)
+    storage.write_text(storage.join(meta, "manifest.json"), json.dumps(manifest, indent=2, default=str), s3)
     log(f"[aloe-ray] finished {task} run {cfg.run_id}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["final"].items()
                                                                   if isinstance(v, float)))
     log(f"[aloe-ray] model: {written['merged']}" + (f"  adapter: {written['adapter']}" if "adapter" in written else ""))

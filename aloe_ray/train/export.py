@@ -1,7 +1,7 @@
 """Turn the final training checkpoint into folders that load everywhere.
 
-`<run root>/model/adapter/` (LoRA runs): the PEFT adapter and tokenizer, for serving adapters by
-name; `<run root>/model/merged/`: a plain Hugging Face model folder (adapter merged into the base,
+`<run root>/models/<task>/adapter/` (LoRA runs): the PEFT adapter and tokenizer, for serving
+adapters by name; `<run root>/models/<task>/merged/`: a plain Hugging Face model folder (adapter merged into the base,
 or the fully fine-tuned weights without optimizer state) that the hf and vllm engines and the
 serving app load by path.
 """
