@@ -2,9 +2,12 @@
 
 Exercises the real GPU paths and prints what held:
   1. the vllm engine backend in-process (generation, per-request seeds, constrained judge);
-  2. the tree job with every role on a vllm engine actor (num_gpus=1), a few short trees.
+  2. the tree job with every role on a vllm engine actor (num_gpus=1), a few short trees;
+  3. jobs/train_sft on those trees: Ray Train with use_gpu=True (nccl), LoRA, bf16, a few steps;
+  4. jobs/train_dpo from the SFT output, likewise;
+  5. the DPO model's merged folder loads and generates in the vllm engine.
 
-    python benchmarks/gpu_check.py [--model smollm2-135m] [--trees 4]
+    python benchmarks/gpu_check.py [--model smollm2-135m] [--trees 4] [--steps 4]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--trees", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
 
     import torch
@@ -58,7 +62,37 @@ def main() -> None:
     c = manifest["counts"]
     print(f"[2] tree job on vllm: {c['trees_ok']}/{c['trees_requested']} trees ok, {c['nodes']} nodes, "
           f"{c['completion_tokens'] / manifest['timing']['grow_s']:.0f} tok/s")
-    print("GPU CHECK", "PASSED" if c["trees_ok"] == args.trees else "FAILED")
+    held = {"trees": c["trees_ok"] == args.trees}
+    del engine
+    torch.cuda.empty_cache()
+
+    from aloe_ray.config import load_config
+    from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
+    from aloe_ray.pipeline.train import run_training
+
+    gpu_train = [f"--output={out}", "--run_id=gpu-check", f"--data.trees={out}/gpu-check",
+                 f"--model={args.model}", "--scaling.use_gpu=true", "--scaling.num_workers=1",
+                 f"--optim.max_steps={args.steps}", f"--optim.save_steps={args.steps}", "--optim.learning_rate=5e-4"]
+    t = time.monotonic()
+    sft = run_training(load_config(TrainSFTConfig, gpu_train), "sft")
+    m = sft["metrics"]
+    held["sft"] = m.get("loss") is not None and m["step"] == args.steps
+    print(f"[3] SFT on GPU: {time.monotonic() - t:.0f}s, loss {m.get('first_loss')} -> {m.get('loss')}, "
+          f"{m.get('tokens_per_second')} tok/s, model {sft['model']['merged']}")
+    t = time.monotonic()
+    dpo = run_training(load_config(TrainDPOConfig, [*gpu_train, f"--from_sft={out}/gpu-check"]), "dpo")
+    m = dpo["metrics"]
+    held["dpo"] = m.get("rewards/margins") is not None and m["step"] == args.steps
+    print(f"[4] DPO on GPU: {time.monotonic() - t:.0f}s, loss {m.get('first_loss')} -> {m.get('loss')}, "
+          f"reward margin {m.get('rewards/margins')}, accuracy {m.get('rewards/accuracies')}")
+
+    tuned = VLLMEngine(dpo["model"]["merged"], model_name="dpo", gpu_memory_utilization=0.3)
+    (reply,) = asyncio.run(tuned.chat([ChatRequest(({"role": "user", "content": "Hi! Any tips for a rainy day?"},),
+                                                   Sampling(0.0, 1.0, 24, 0))]))
+    held["vllm_loads_trained"] = bool(reply.text)
+    print(f"[5] vllm on the DPO model: {reply.text!r}")
+    print("held:", held)
+    print("GPU CHECK", "PASSED" if all(held.values()) else "FAILED")
 
 
 if __name__ == "__main__":
