@@ -477,10 +477,17 @@ def test_rayjob_entrypoint_runs_its_config(kustomization, job_file, tmp_path):
             arg.write_text(text)
         args.append(str(arg))
     script = REPO / argv[1]
-    if not script.is_file():
-        pytest.skip(f"{argv[1]} not written yet")
+    assert script.is_file(), f"{name}'s entrypoint names {argv[1]}, which does not exist"
     cfg = _load_script(script).parse_config(args)
-    assert cfg is not None
+    assert cfg.run_id and cfg.output.startswith("s3://")
+    # Any endpoint key a job reads must reach every container of its cluster from a Secret.
+    keys = {e.api_key_env for e in getattr(cfg, "engines", {}).values() if getattr(e, "api_key_env", None)}
+    spec = find(docs, "RayCluster", cluster)[0]["spec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for c in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            for key in keys:
+                assert "secretKeyRef" in env.get(key, {}).get("valueFrom", {}), (name, group.get("groupName"), key)
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
