@@ -145,16 +145,20 @@ def build_app(args: dict) -> Application:
 def _build_vllm_app(args: ServeArgs) -> Application:
     """GPU path: ray.serve.llm (needs vLLM). LoRA adapters are loaded per request from the folder
     that holds them; clients ask for `<served name>:<adapter name>`."""
-    try:
-        from ray.serve.llm import LLMConfig, build_openai_app
-    except ImportError as exc:
-        raise RuntimeError(f"backend 'vllm' needs vLLM installed (pip install 'aloe-ray[vllm]'): {exc}") from exc
     lora = None
     if args.adapters:
         roots = {a.path.rstrip("/").rsplit("/", 1)[0] for a in args.adapters}
         if len(roots) != 1:
             raise ValueError("vllm backend: all adapters must sit in one folder (ray.serve.llm loads them from it)")
+        misnamed = [a.name for a in args.adapters if a.path.rstrip("/").rsplit("/", 1)[-1] != a.name]
+        if misnamed:
+            raise ValueError(f"vllm backend: ray.serve.llm loads adapter NAME from <folder>/NAME; rename "
+                             f"{misnamed} to their folder names (e.g. 'dpo' for <run>/adapters/dpo)")
         lora = {"dynamic_lora_loading_path": roots.pop(), "max_num_adapters_per_replica": len(args.adapters)}
+    try:
+        from ray.serve.llm import LLMConfig, build_openai_app
+    except ImportError as exc:
+        raise RuntimeError(f"backend 'vllm' needs vLLM installed (pip install 'aloe-ray[vllm]'): {exc}") from exc
     config = LLMConfig(
         model_loading_config={"model_id": args.name, "model_source": args.model},
         lora_config=lora,

@@ -142,3 +142,15 @@ def test_autoscaling_settings_reach_the_deployment():
     assert isinstance(app, Application)
     with pytest.raises(Exception, match="min_replicas"):
         build_app({"min_replicas": 3, "max_replicas": 1})
+
+
+@pytest.mark.parametrize("adapters, fragment", [
+    ([{"name": "sft", "path": "s3://b/run/adapters/sft"}, {"name": "dpo", "path": "s3://b/other/dpo"}],
+     "all adapters must sit in one folder"),
+    ([{"name": "aloe-dpo", "path": "s3://b/run/adapters/dpo"}], "rename ['aloe-dpo'] to their folder names"),
+])
+def test_vllm_adapter_layout_is_checked_before_anything_loads(adapters, fragment):
+    from serving.app import build_app
+
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        build_app({"backend": "vllm", "model": "s3://b/base", "adapters": adapters})

@@ -86,13 +86,13 @@ def test_sft_trains_lora_on_two_workers_resumes_after_a_crash_and_exports(sft_ru
     # LoRA B matrices start at zero: training moved them
     from safetensors.torch import load_file
 
-    adapter = load_file(root / "models" / "sft" / "adapter" / "adapter_model.safetensors")
+    adapter = load_file(root / "adapters" / "sft" / "adapter_model.safetensors")
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and all(float(t.abs().sum()) > 0 for t in lora_b)
-    assert json.loads((root / "models" / "sft" / "adapter" / "adapter_config.json").read_text())[
+    assert json.loads((root / "adapters" / "sft" / "adapter_config.json").read_text())[
         "base_model_name_or_path"] == "smollm2-135m"
     base = load_file(Path(bundled_model_path) / "model.safetensors")
-    merged = load_file(root / "models" / "sft" / "merged" / "model.safetensors")
+    merged = load_file(root / "models" / "sft" / "model.safetensors")
     changed = [k for k in base if k in merged and "q_proj" in k and not (base[k] == merged[k]).all()]
     assert changed  # the merged folder holds the trained weights
     manifest = meta(root, "train_sft", "manifest.json")
@@ -112,12 +112,12 @@ def _generate(model_dir: str) -> str:
 def test_the_sft_result_loads_in_the_engine_and_as_a_served_adapter(sft_run, bundled_model_path):
     out, proc, _ = sft_run
     assert proc.returncode == 0, proc.stderr[-4000:]
-    root = out / "run" / "models" / "sft"
-    assert _generate(str(root / "merged"))  # the merged folder generates in our hf engine
+    root = out / "run"
+    assert _generate(str(root / "models" / "sft"))  # the merged folder generates in our hf engine
     from aloe_ray.engines.models import resolve_adapter
 
     # what the serving app does with `adapters: [{name, path}]`
-    served = resolve_adapter(bundled_model_path, str(root / "adapter"))
+    served = resolve_adapter(bundled_model_path, str(root / "adapters" / "sft"))
     assert _generate(served)
 
 
@@ -135,8 +135,8 @@ def test_dpo_from_the_sft_output_makes_the_reward_margin_positive(sft_run, trees
     assert len(history) == 5
     assert history[-1]["rewards/margins"] > 0 and history[-1]["loss"] < history[0]["loss"]
     manifest = meta(root, "train_dpo", "manifest.json")
-    assert manifest["base_model"] == str(root / "models" / "sft" / "merged")
-    assert (root / "models" / "dpo" / "merged" / "config.json").exists()
+    assert manifest["base_model"] == str(root / "models" / "sft")
+    assert (root / "models" / "dpo" / "config.json").exists() and (root / "adapters" / "dpo").is_dir()
     assert meta(root, "train_sft", "manifest.json")["job"] == "train_sft"  # untouched by the DPO run
 
 
@@ -150,8 +150,8 @@ def test_full_fine_tuning_to_s3(s3_bucket, tmp_path, bundled_model_path):
                    "--optim.save_steps=2", "--optim.learning_rate=1e-4")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert storage.list_files(f"{out}/full/checkpoints/sft", "trainer_state.json")  # checkpoints on S3
-    assert not storage.exists(f"{out}/full/models/sft/adapter/adapter_config.json")
-    merged = resolve_model(f"{out}/full/models/sft/merged")  # the engines' s3:// model path
+    assert not storage.exists(f"{out}/full/adapters/sft/adapter_config.json")
+    merged = resolve_model(f"{out}/full/models/sft")  # the engines' s3:// model path
     from safetensors.torch import load_file
 
     base, tuned = load_file(Path(bundled_model_path) / "model.safetensors"), load_file(Path(merged) / "model.safetensors")

@@ -141,7 +141,7 @@ class TrainDPOConfig(_TrainConfig):
     """Without a config file: a few steps on the bundled model, minutes on 2 CPU cores."""
 
     from_sft: str | None = None
-    """Run root of an SFT run: start from its merged model, <from_sft>/models/sft/merged (instead
+    """Run root of an SFT run: start from its merged model, <from_sft>/models/sft (instead
     of `model`). Often the same run root as this run's."""
 
     beta: float = Field(default=0.1, gt=0)

@@ -4,8 +4,9 @@ TRL; checkpoints under the run root; the final model exported so every engine lo
 What a run writes under `<output>/<run_id>/` (the same run root as the trees it may share):
   sft/ or dpo/                 the rows trained on (Parquet, our schema)
   checkpoints/<task>/          Ray Train's run: checkpoint_*/checkpoint/ (HF checkpoints with trainer_state.json)
-  models/<task>/adapter/       the LoRA adapter (LoRA runs)
-  models/<task>/merged/        a plain Hugging Face model folder
+  models/<task>/               a plain Hugging Face model folder (the adapter merged in)
+  adapters/<task>/             the LoRA adapter (LoRA runs); one folder of adapters, as vLLM's
+                               dynamic LoRA loading (ray.serve.llm) expects
   jobs/train_<task>/           config.yaml, manifest.json, metrics.json (per-step loss, rewards, tokens/s)
 """
 
@@ -47,7 +48,7 @@ def absolute(uri: str) -> str:
 
 def base_model(cfg) -> str:
     if isinstance(cfg, TrainDPOConfig) and cfg.from_sft:
-        return absolute(storage.join(cfg.from_sft, "models", "sft", "merged"))
+        return absolute(storage.join(cfg.from_sft, "models", "sft"))
     if cfg.model.startswith((".", "/", "~", "file://")) or os.path.isdir(cfg.model):
         return absolute(cfg.model)
     return cfg.model
@@ -143,7 +144,8 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     log(f"[aloe-ray] training done; exporting the model from {result.checkpoint.path}")
     export = ray.remote(num_cpus=min(sc.cpus_per_worker, 1))(export_model)
     written = ray.get(export.remote(result.checkpoint, base_model=model, lora=cfg.lora.enabled,
-                                    dest=storage.join(root, "models", task), s3=s3))
+                                    merged_dest=storage.join(root, "models", task),
+                                    adapter_dest=storage.join(root, "adapters", task), s3=s3))
     history = (written.pop("trainer_state") or {}).get("log_history", [])
     metrics = {"final": _final(history, result.metrics), "history": history}
     storage.write_text(storage.join(meta, "metrics.json"), json.dumps(metrics, indent=2), s3)

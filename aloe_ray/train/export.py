@@ -1,7 +1,7 @@
 """Turn the final training checkpoint into folders that load everywhere.
 
-`<run root>/models/<task>/adapter/` (LoRA runs): the PEFT adapter and tokenizer, for serving
-adapters by name; `<run root>/models/<task>/merged/`: a plain Hugging Face model folder (adapter merged into the base,
+`<run root>/adapters/<task>/` (LoRA runs): the PEFT adapter and tokenizer, for serving adapters
+by name; `<run root>/models/<task>/`: a plain Hugging Face model folder (adapter merged into the base,
 or the fully fine-tuned weights without optimizer state) that the hf and vllm engines and the
 serving app load by path.
 """
@@ -21,8 +21,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def export_model(checkpoint, *, base_model: str, lora: bool, dest: str, s3: S3Options) -> dict:
-    """Write `dest/adapter` (LoRA) and `dest/merged` from a Ray Train checkpoint made by
+def export_model(checkpoint, *, base_model: str, lora: bool, merged_dest: str, adapter_dest: str,
+                 s3: S3Options) -> dict:
+    """Write the adapter (LoRA) and the merged model from a Ray Train checkpoint made by
     `RayTrainReportCallback`; returns the written URIs. Runs as a Ray task next to the data."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,13 +50,13 @@ def export_model(checkpoint, *, base_model: str, lora: bool, dest: str, s3: S3Op
 
             base = AutoModelForCausalLM.from_pretrained(resolve_model(base_model, s3), dtype=torch.float32)
             model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            written["adapter"] = storage.join(dest, "adapter")
+            written["adapter"] = adapter_dest
             upload_dir(adapter, written["adapter"], s3)
         else:
             model = AutoModelForCausalLM.from_pretrained(ckpt)
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
-        written["merged"] = storage.join(dest, "merged")
+        written["merged"] = merged_dest
         upload_dir(merged, written["merged"], s3)
         state = ckpt / "trainer_state.json"
         written["trainer_state"] = json.loads(state.read_text()) if state.exists() else None
