@@ -98,7 +98,7 @@ def test_local_run_resume_and_tree_job_reads_personas(tmp_path):
     assert f"{out_dir}/local" in proc.stdout and "dedup" in proc.stdout
     out, rows, train, bench = check_pool(out_dir, "local", rounds=1)
     seeds = {r["kind"]: r for r in rows if r["round"] == 0}
-    assert seeds["profile"]["accepted"] == 28 and seeds["personality"]["accepted"] == 14
+    assert seeds["profile"]["accepted"] == 20 and seeds["personality"]["accepted"] == 15  # training seeds only
     manifest = json.loads((tmp_path / "data" / "local" / MANIFEST_DIR / "manifest.json").read_text())
     assert manifest["counts"]["personas_benchmark"] == 6 and manifest["counts"]["personas_train"] == len(train)
     assert manifest["timing"]["dedup_s"] >= 0 and manifest["embedding_model"] == "all-MiniLM-L6-v2"
@@ -181,7 +181,7 @@ def test_bad_input_fails_before_anything_loads(tmp_path, capsys):
     cases = [
         ([f"--seeds.profiles={bad}", f"--seeds.personalities={bad}"], f"{bad}:2: not a JSON string"),
         (["--seeds.profiles=/nonexistent/p.jsonl", "--seeds.personalities=/nonexistent/q.jsonl"], "persona file not found"),
-        (["--benchmark.profiles=28"], "benchmark.profiles=28 would hold out all 28 seed profiles"),
+        (["--benchmark.profiles=20"], "benchmark.profiles=20 would hold out all 20 seed profiles"),
         (["--benchmark.profiles=0"], "both 0 (no benchmark) or both > 0"),
         (["--profiles.min_words=50", "--profiles.max_words=10"], "min_words (50) is above max_words (10)"),
         (["--profiles.examples_per_requset=3"], "did you mean 'examples_per_request'"),

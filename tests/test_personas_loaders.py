@@ -12,9 +12,10 @@ from aloe_ray.personas.loaders import (
     pair_personas,
     parse_reference_jsonl,
     read_personas_table,
+    seed_members,
     seed_personas,
 )
-from aloe_ray.personas.seeds import BENCHMARK_PROFILES, SEED_PERSONALITIES, SEED_PROFILES
+from aloe_ray.personas.seeds import BENCHMARK_PERSONALITIES, BENCHMARK_PROFILES, SEED_PERSONALITIES, SEED_PROFILES
 from aloe_ray.schema import PERSONAS
 from conftest import REFERENCE
 
@@ -55,17 +56,50 @@ def test_pairing_is_seeded_and_ids_stable():
 
 
 def test_seeds_are_many_and_distinct():
-    assert len(SEED_PROFILES) >= 24 and len(SEED_PERSONALITIES) >= 12
-    assert len(set(SEED_PROFILES)) == len(SEED_PROFILES)
-    personas = seed_personas(per_profile=2, seed=0)
-    train_profiles = len(SEED_PROFILES) - BENCHMARK_PROFILES
-    assert len(personas) == 2 * train_profiles and all(p.source == "seeds" for p in personas)
-    held_out = seed_personas(per_profile=len(SEED_PERSONALITIES), seed=0, split="benchmark")
-    assert len(held_out) == BENCHMARK_PROFILES * len(SEED_PERSONALITIES) >= 100
+    assert len(SEED_PROFILES) == 40 and len(SEED_PERSONALITIES) == 20
+    assert len(set(SEED_PROFILES)) == 40 and len(set(SEED_PERSONALITIES)) == 20
+    for text in SEED_PROFILES + SEED_PERSONALITIES:  # one paragraph of about 60-75 words
+        assert 55 <= len(text.split()) <= 80, text[:60]
+    for text in SEED_PERSONALITIES:  # traits only: no ages or places
+        assert not any(ch.isdigit() for ch in text), text[:60]
+
+
+def test_seed_splits_hold_out_both_axes():
+    assert (BENCHMARK_PROFILES, BENCHMARK_PERSONALITIES) == (20, 5)
+    train_profiles, train_personalities = seed_members("train")
+    assert (len(train_profiles), len(train_personalities)) == (20, 15)
+    train = seed_personas(per_profile=10, seed=0)
+    assert len(train) == 20 * 10 and all(p.source == "seeds" and p.split == "train" for p in train)
+    assert {p.profile for p in train} == set(SEED_PROFILES[:20])
+    assert {p.personality for p in train} <= set(SEED_PERSONALITIES[:15])
+    # the benchmark split is the full 20 x 5 cross product, whatever per_profile says
+    held_out = seed_personas(per_profile=1, seed=3, split="benchmark")
+    assert len(held_out) == 100 == len({p.persona_id for p in held_out})
+    assert held_out == seed_personas(per_profile=20, seed=0, split="benchmark")
+    assert {p.profile for p in held_out} == set(SEED_PROFILES[-20:])
+    assert {p.personality for p in held_out} == set(SEED_PERSONALITIES[-5:])
     assert all(p.split == "benchmark" for p in held_out)
-    assert not {p.profile for p in held_out} & {p.profile for p in personas}
+    # no profile and no personality of the benchmark reaches training, however many are paired
+    every_train = seed_personas(per_profile=len(SEED_PERSONALITIES), seed=0)
+    assert len(every_train) == 20 * 15
+    assert not {p.profile for p in held_out} & {p.profile for p in every_train}
+    assert not {p.personality for p in held_out} & {p.personality for p in every_train}
     with pytest.raises(PersonaFileError, match="splits"):
         seed_personas(per_profile=1, seed=0, split="test")
+
+
+def test_eval_default_selection_takes_100_held_out_seed_personas():
+    from aloe_ray.config.eval import EvalPersonasConfig
+    from aloe_ray.pipeline.eval import benchmark_personas
+
+    every = benchmark_personas(EvalPersonasConfig(), 100)
+    assert len(every) == 100 and {p.split for p in every} == {"benchmark"}
+    assert benchmark_personas(EvalPersonasConfig(), None) == every
+    four = benchmark_personas(EvalPersonasConfig(), 4)
+    assert len(four) == 4 and {p.persona_id for p in four} <= {p.persona_id for p in every}
+    train_profiles, train_personalities = seed_members("train")
+    assert not {p.profile for p in every} & set(train_profiles)
+    assert not {p.personality for p in every} & set(train_personalities)
 
 
 def test_personas_table_round_trip_and_split(tmp_path):
@@ -81,3 +115,28 @@ def test_personas_table_round_trip_and_split(tmp_path):
     storage.write_parquet(str(tmp_path / "bad.parquet"), pa.table({"profile": ["x"]}))
     with pytest.raises(PersonaFileError, match=r"lacks columns \['personality'\]"):
         read_personas_table(str(tmp_path / "bad.parquet"))
+
+
+def test_persona_job_seeds_its_pool_from_training_seeds_only(tmp_path):
+    from aloe_ray.config import GeneratePersonasConfig
+    from aloe_ray.pipeline.personas import load_seed_pool
+    from aloe_ray.storage import S3Options
+
+    bench_profiles, bench_personalities = seed_members("benchmark")
+    found, label = load_seed_pool(GeneratePersonasConfig(), S3Options())
+    assert label == "seeds" and found == {k: list(v) for k, v in zip(("profile", "personality"), seed_members("train"))}
+    assert not set(found["profile"]) & set(bench_profiles)
+    assert not set(found["personality"]) & set(bench_personalities)
+
+    # a personas table seeds the pool from its training rows unless told otherwise
+    rows = [p.to_row() for p in seed_personas(per_profile=1, seed=0)[:2]]
+    rows += [p.to_row() for p in seed_personas(per_profile=1, seed=0, split="benchmark")[:3]]
+    uri = str(tmp_path / "personas.parquet")
+    storage.write_parquet(uri, pa.Table.from_pylist(rows, PERSONAS))
+    cfg = GeneratePersonasConfig(seeds={"table": uri})
+    assert cfg.seeds.split == "train"
+    found, _ = load_seed_pool(cfg, S3Options())
+    assert found["profile"] == [r["profile"] for r in rows[:2]]
+    assert not set(found["personality"]) & set(bench_personalities)
+    found, _ = load_seed_pool(GeneratePersonasConfig(seeds={"table": uri, "split": None}), S3Options())
+    assert len(found["profile"]) == 3  # null: every row (two training profiles, one held-out one)

@@ -14,8 +14,9 @@ from aloe_ray.config.generate import _new_run_id
 
 
 class PoolSeedsConfig(StrictModel):
-    """What the pool starts from (round 0). Nothing set: the built-in seeds (28 profiles x 14
-    personalities, the project's own)."""
+    """What the pool starts from (round 0). Nothing set: the training part of the built-in seeds
+    (the first 20 profiles and 15 personalities, the project's own); their held-out 20 x 5, the
+    eval job's default benchmark, never seed the pool."""
 
     profiles: str | None = None
     """Seed profiles in the reference JSONL format (one JSON string per line)."""
@@ -26,8 +27,9 @@ class PoolSeedsConfig(StrictModel):
     table: str | None = None
     """A personas Parquet table in our schema: its distinct profiles and personalities seed the pool."""
 
-    split: str | None = None
-    """Only rows of this split of `table`; default: all rows."""
+    split: str | None = "train"
+    """Only rows of this split of `table` (default 'train': a benchmark persona never seeds a
+    training pool); null: all rows."""
 
     @model_validator(mode="after")
     def _one_source(self) -> PoolSeedsConfig:

@@ -11,7 +11,8 @@ import random
 from collections.abc import Sequence
 
 from aloe_ray.personas.model import Persona
-from aloe_ray.personas.seeds import BENCHMARK_PROFILES, SEED_PERSONALITIES, SEED_PROFILES
+from aloe_ray.personas.seeds import (BENCHMARK_PERSONALITIES, BENCHMARK_PROFILES, SEED_PERSONALITIES,
+                                    SEED_PROFILES)
 from aloe_ray.storage import S3Options, read_parquet, read_text
 
 
@@ -64,16 +65,26 @@ def pair_personas(profiles: Sequence[str], personalities: Sequence[str], *, per_
     return personas
 
 
-def seed_personas(*, per_profile: int, seed: int, split: str = "train") -> list[Persona]:
-    """The built-in seeds, paired. `split='train'` pairs the training profiles; `split='benchmark'`
-    pairs the held-out profiles (the last `BENCHMARK_PROFILES`), whose facts never reach training."""
+def seed_members(split: str = "train") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(profiles, personalities) of one split of the built-in seeds. 'train': the first
+    profiles and personalities; 'benchmark': the last `BENCHMARK_PROFILES` profiles and the last
+    `BENCHMARK_PERSONALITIES` personalities. The two share no profile and no personality."""
     if split == "train":
-        profiles = SEED_PROFILES[:-BENCHMARK_PROFILES]
-    elif split == "benchmark":
-        profiles = SEED_PROFILES[-BENCHMARK_PROFILES:]
-    else:
-        raise PersonaFileError(f"the seeds have splits 'train' and 'benchmark', not {split!r}")
-    return pair_personas(profiles, SEED_PERSONALITIES, per_profile=per_profile, seed=seed, split=split,
+        return SEED_PROFILES[:-BENCHMARK_PROFILES], SEED_PERSONALITIES[:-BENCHMARK_PERSONALITIES]
+    if split == "benchmark":
+        return SEED_PROFILES[-BENCHMARK_PROFILES:], SEED_PERSONALITIES[-BENCHMARK_PERSONALITIES:]
+    raise PersonaFileError(f"the seeds have splits 'train' and 'benchmark', not {split!r}")
+
+
+def seed_personas(*, per_profile: int, seed: int, split: str = "train") -> list[Persona]:
+    """The built-in seeds, paired, held out on both axes (see `seed_members`). `split='train'`
+    pairs each training profile with `per_profile` training personalities; `split='benchmark'`
+    is the full cross product of the held-out profiles and personalities (20 x 5 = 100, the ALOE
+    benchmark's shape) and ignores `per_profile` and `seed`."""
+    profiles, personalities = seed_members(split)
+    if split == "benchmark":
+        per_profile = len(personalities)
+    return pair_personas(profiles, personalities, per_profile=per_profile, seed=seed, split=split,
                          source="seeds")
 
 

@@ -1,8 +1,10 @@
 """Hand-written seed persona pool for the ALOE reproduction (the project's own originals).
 
 A profile holds objective facts only; a personality holds traits and conversational
-style only. The last `BENCHMARK_PROFILES` profiles are held out: their personas form the seeds'
-benchmark split (for the ALOE benchmark) and never appear in the seeds' training split.
+style only. Both axes are held out: the last `BENCHMARK_PROFILES` profiles x the last
+`BENCHMARK_PERSONALITIES` personalities form the seeds' benchmark split (the ALOE benchmark's
+100 personas); no held-out profile or personality appears in the seeds' training split or seeds
+the persona job's pool.
 """
 
 from __future__ import annotations
@@ -210,6 +212,90 @@ SEED_PROFILES: tuple[str, ...] = (
         "in his left ear. He is currently saving for his first car and studying for his "
         "registration exam."
     ),
+    (
+        "She is 36 and works as a veterinarian in Cusco, Peru, treating both pets and the "
+        "alpacas and llamas of farms in the surrounding valleys. She is married to a potter, "
+        "and they have a 3-year-old daughter. She studied veterinary medicine in Lima. She is "
+        "allergic to penicillin, hikes in the mountains on Sundays, and knits. She is "
+        "currently setting up a mobile clinic that visits remote herding villages."
+    ),
+    (
+        "He is 63 and drives a shared taxi in Casablanca, Morocco, six days a week. He is "
+        "married, has four grown children and two grandchildren, and lives in the apartment "
+        "where he was born. He left school at 16. He has gout and tries to avoid red meat. He "
+        "follows his local football club closely, plays cards at a cafe after work, and is "
+        "currently saving for his youngest son's wedding."
+    ),
+    (
+        "She is 28 and works as a customer-support agent on night shifts at a call centre in "
+        "Karachi, Pakistan, serving clients in the United States. She lives with her parents "
+        "and three younger siblings. She holds a bachelor's degree in commerce. She has "
+        "iron-deficiency anaemia and takes supplements. She plays cricket with her cousins, "
+        "embroiders cushions, and is currently taking driving lessons."
+    ),
+    (
+        "He is 47 and is a police officer in the traffic division in Naples, Italy. He is in "
+        "his second marriage and lives with his wife, her 19-year-old son and their 8-year-old "
+        "daughter. He completed a technical high school diploma before joining the force. He "
+        "has high blood pressure, restores old Vespa scooters, and makes his own limoncello. "
+        "He is currently studying for a promotion exam."
+    ),
+    (
+        "She is 54 and works as a child-protection social worker for the city council in "
+        "Glasgow, Scotland. She is divorced, has a 25-year-old son who lives in London, and "
+        "shares her flat with her partner. She has a degree in social work. She has type 1 "
+        "diabetes and uses an insulin pump. She swims in a loch all year round and is "
+        "currently retraining part-time as a counsellor."
+    ),
+    (
+        "He is 32 and is a freelance wedding and event photographer in Kingston, Jamaica. He "
+        "is a single father of a 6-year-old son, and his mother helps with childcare. He took "
+        "a diploma in media production at a community college. He has a peanut allergy, "
+        "plays dominoes with friends on Fridays, and keeps a vegetable garden on his roof. He "
+        "is currently trying to get his photographs into a gallery exhibition."
+    ),
+    (
+        "She is 21 and studies sports science at a university in Amsterdam, the Netherlands, "
+        "while rowing competitively for her university club. She shares a houseboat with "
+        "three other students and is in a long-distance relationship. She trains twice a day, "
+        "follows a high-calorie diet, and is recovering from a rib stress fracture. She is "
+        "currently trying to qualify for the national under-23 team."
+    ),
+    (
+        "He is 40 and drives a long-haul truck between Almaty, Kazakhstan, and cities in "
+        "China and Russia, often spending two weeks on the road. He is married with two "
+        "daughters aged 10 and 13. He did compulsory military service and then trained as a "
+        "mechanic. He has chronic back pain and a sedentary routine, plays chess on his "
+        "phone, and is currently thinking about buying his own truck."
+    ),
+    (
+        "She is 69 and is a retired postal worker living in Tbilisi, Georgia. She has been "
+        "married for forty-five years, and she and her husband share their house with their "
+        "son, his wife and two grandchildren. She finished a vocational college. She has "
+        "glaucoma and uses eye drops daily. She bakes bread for the neighbours, sings in a "
+        "polyphonic folk choir, and is currently writing down her family's recipes."
+    ),
+    (
+        "He is 26 and works remotely as a freelance translator between Korean, Nepali and "
+        "English from Kathmandu, Nepal. He lives with his older brother's family and is "
+        "single. He learned Korean while working in a factory in South Korea for four years. "
+        "He has a stammer, plays the flute, and goes trekking when he can. He is currently "
+        "applying for a master's degree in linguistics."
+    ),
+    (
+        "She is 45 and runs a family guesthouse with twelve rooms on the island of Crete, "
+        "Greece, together with her husband and her father-in-law. She has twin sons aged 17 "
+        "who help in the summer season. She studied tourism management in Athens. She has "
+        "hypothyroidism, grows olives and herbs, and dances in a local folk group. She is "
+        "currently planning to keep the guesthouse open through the winter."
+    ),
+    (
+        "He is 58 and operates a container crane at the port of Durban, South Africa, on "
+        "rotating twelve-hour shifts. He is a widower with three adult children and lives "
+        "with his youngest daughter. He finished high school and was trained on the job. He "
+        "has hearing loss from the port noise, coaches a youth boxing club on weekends, and "
+        "is currently planning his early retirement."
+    ),
 )
 
 SEED_PERSONALITIES: tuple[str, ...] = (
@@ -317,9 +403,55 @@ SEED_PERSONALITIES: tuple[str, ...] = (
         "open about their plans, and enjoy cheerful, upbeat replies. They prefer gentle "
         "suggestions over direct instructions and like conversations to end on a kind note."
     ),
+    (
+        "They are competitive and goal-driven, and they treat most problems as a challenge to "
+        "win. They want measurable targets, deadlines and a way to track progress, and they "
+        "like being pushed rather than comforted. They find vague encouragement useless and "
+        "ask what the best people do differently. They are energetic, keep score of their "
+        "own results, and respond well to a demanding, coach-like tone."
+    ),
+    (
+        "They are shy and reticent, and they reveal very little about themselves unless "
+        "asked. Their messages are short and tentative, often ending with 'maybe' or 'not "
+        "sure'. They feel uncomfortable with personal questions asked too directly and "
+        "prefer being offered a few simple choices. They appreciate patience, a soft and "
+        "unhurried tone, and answers that do not put them on the spot."
+    ),
+    (
+        "They are hands-on and learn by doing rather than by reading. They want the first "
+        "concrete step right away, try it, and come back with what happened. Theory and "
+        "background bore them unless something goes wrong. They like practical tips, "
+        "shortcuts and rules of thumb, trust their own trial and error, and get restless "
+        "when an answer explains everything before saying what to do."
+    ),
+    (
+        "They are traditional and cautious about anything new. They trust established "
+        "methods, official guidance and experts with long experience, and they distrust "
+        "trends and fashionable advice. They speak respectfully and expect courtesy in "
+        "return. They often compare new suggestions with how things were done before, take "
+        "their time to decide, and prefer one proven option to many novel ones."
+    ),
+    (
+        "They are idealistic and guided by strong principles. They care about fairness, the "
+        "environment and how their choices affect other people, and they ask about those "
+        "effects even for everyday decisions. They dislike advice that treats money or "
+        "convenience as the only thing that matters. They are earnest, thoughtful and "
+        "sincere, and they appreciate replies that take their values seriously."
+    ),
+    (
+        "They are easily distracted and jump between topics, sometimes in the middle of a "
+        "sentence. They forget details they mentioned earlier and are grateful for brief "
+        "reminders and recaps. They prefer information in small chunks, one thing at a "
+        "time, and lose track of long explanations. They are enthusiastic, spontaneous and "
+        "good-natured, and they laugh at their own scattered habits."
+    ),
 )
 
 
-BENCHMARK_PROFILES = 8
-"""The last this-many seed profiles are held out for the benchmark split (8 x 14 personalities
-= 112 pairs, of which the benchmark uses up to 100)."""
+BENCHMARK_PROFILES = 20
+"""The last this-many seed profiles are held out: only the benchmark split pairs them."""
+
+BENCHMARK_PERSONALITIES = 5
+"""The last this-many seed personalities are held out: only the benchmark split pairs them. With
+`BENCHMARK_PROFILES` they make the ALOE benchmark's shape, 20 profiles x 5 personalities = 100
+personas held out on both axes."""

@@ -18,11 +18,10 @@ from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.dedup import max_similarity, similarity_histogram
 from aloe_ray.personas.embed import resolve_embedder
 from aloe_ray.personas.filters import CandidateFilter
-from aloe_ray.personas.loaders import PersonaFileError, load_reference_jsonl, read_personas_table
+from aloe_ray.personas.loaders import PersonaFileError, load_reference_jsonl, read_personas_table, seed_members
 from aloe_ray.personas.model import text_id
 from aloe_ray.personas.rounds import (Candidate, Reply, dedup_candidates, plan_requests, round_stats,
                                       stop_reason)
-from aloe_ray.personas.seeds import SEED_PERSONALITIES, SEED_PROFILES
 from aloe_ray.personas.splits import draw_holdout, make_personas, split_pool
 from aloe_ray.pipeline.persona_output import POOL_TABLES, PoolOutput
 from aloe_ray.prompts.personas import PERSONA_PROMPT_VERSION
@@ -51,7 +50,10 @@ def s3_options(cfg: GeneratePersonasConfig) -> S3Options:
 
 
 def load_seed_pool(cfg: GeneratePersonasConfig, s3: S3Options) -> tuple[dict[str, list[str]], str]:
-    """Round 0 texts by kind (exact duplicates removed, order kept) and their source label."""
+    """Round 0 texts by kind (exact duplicates removed, order kept) and their source label. The
+    built-in seeds give only their training part: the seeds' held-out profiles and personalities
+    (the eval job's default benchmark) never enter the pool, so nothing trained downstream saw
+    them; a personas table gives its `seeds.split` rows ('train' unless set otherwise)."""
     src = cfg.seeds
     if src.table:
         personas = read_personas_table(src.table, split=src.split, s3=s3)
@@ -62,7 +64,8 @@ def load_seed_pool(cfg: GeneratePersonasConfig, s3: S3Options) -> tuple[dict[str
                  "personality": load_reference_jsonl(src.personalities, s3)}
         label = src.profiles.rsplit("/", 1)[0] + "/"
     else:
-        found, label = {"profile": list(SEED_PROFILES), "personality": list(SEED_PERSONALITIES)}, "seeds"
+        profiles, personalities = seed_members("train")
+        found, label = {"profile": list(profiles), "personality": list(personalities)}, "seeds"
     return {k: list(dict.fromkeys(" ".join(t.split()) for t in v)) for k, v in found.items()}, label
 
 
