@@ -47,6 +47,47 @@ def test_parser_does_not_take_a_leading_number_for_a_marker():
     assert parse_generated("3.5 million people live in her city.").items == ["3.5 million people live in her city."]
 
 
+BODY = "She is 34 and works as a night nurse in Lagos; she is married, has two sons and sings in a choir."
+
+
+@pytest.mark.parametrize("reply, items, dropped", [
+    # a title on the marker line, the description after a blank line
+    (f"1. Amara\n\n{BODY}\n\n2. Bola\n\n{P2}", [BODY, P2], ["Amara", "Bola"]),
+    (f"**Profile 1:**\n\n{BODY}\n\n**Profile 2:**\n\n{P2}", [BODY, P2], []),
+    # markdown headings over each item
+    (f"### Profile 1\n{BODY}\n\n### Profile 2\n{P2}", [BODY, P2], []),
+    (f"## Amara\n{BODY}\n\n## Bola\n{P2}", [BODY, P2], ["Amara", "Bola"]),
+    # no space after the number
+    (f"1.{P1}\n2.{P2}\n3.{P3}", [P1, P2, P3], []),
+    # unmarked items one per line, no blank lines between them
+    (f"{P1}\n{P2}\n{P3}", [P1, P2, P3], []),
+    # a preamble glued on by a single newline
+    (f"Here are 20 new profiles:\n1. {P1}\n2. {P2}", [P1, P2], ["Here are 20 new profiles:"]),
+    (f"Here are 20 new profiles:\n{P1}\n\n{P2}", [P1, P2], ["Here are 20 new profiles:"]),
+    (f"Here are 20 new profiles:\n{BODY}\n\n{P2}", [BODY, P2], ["Here are 20 new profiles:"]),
+])
+def test_parser_titles_headings_and_glued_lines(reply, items, dropped):
+    parsed = parse_generated(reply)
+    assert parsed.items == items and parsed.dropped == dropped
+
+
+@pytest.mark.parametrize("indent", ["   ", ""])
+def test_parser_nested_bullets_are_the_items_facts(indent):
+    reply = (f"1. Amara\n{indent}- Age: 34\n{indent}- Occupation: night nurse in Lagos\n{indent}- Family: married, two sons\n"
+             f"2. Bola\n{indent}- Age: 52\n{indent}- Occupation: runs a hardware shop")
+    assert parse_generated(reply).items == [
+        "Amara. Age: 34. Occupation: night nurse in Lagos. Family: married, two sons",
+        "Bola. Age: 52. Occupation: runs a hardware shop"]
+
+
+def test_parser_keeps_wrapped_paragraphs_whole():
+    # hard-wrapped lines that do not all end a sentence are one item, not several
+    wrapped = "She is 34 and works as a night nurse\nin Lagos. She is married and has two sons.\nShe sings in a choir."
+    assert parse_generated(wrapped).items == [" ".join(wrapped.split())]
+    # a short but whole item followed by a sign-off keeps the item
+    assert parse_generated(f"1. {P1}\n\nThanks for asking!").items == [P1]
+
+
 @pytest.mark.parametrize("reply", ["", "   \n\n ", "Here are the profiles:"])
 def test_parser_empty_or_preamble_only(reply):
     assert parse_generated(reply).items == []

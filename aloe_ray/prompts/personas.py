@@ -2,8 +2,10 @@
 `aloe-ray/personas-v1`). Pure: no Ray, no torch.
 
 A request shows k pool members of one kind and asks for m new, different ones as a numbered list.
-Replies are parsed leniently: numbered lists ('1.', '2)', '#3', '**4.**', 'Profile 5:'), bullets,
-or blank-line separated paragraphs, with stray preambles and sign-offs dropped.
+Replies are parsed leniently: numbered lists ('1.', '2)', '#3', '**4.**', 'Profile 5:', '### Profile
+6', '7.She'), bullets, blank-line separated paragraphs or one sentence-ended item per line, with
+stray preambles, titles ('1. Amara' over her description) and sign-offs dropped; bullets under a
+numbered item ('   - Age: 34') are its facts, not items of their own.
 """
 
 from __future__ import annotations
@@ -73,25 +75,43 @@ class ParsedReply:
     """Text that was not an item: preambles, headings, sign-offs."""
 
 
-# A list marker at the start of a line, optionally in markdown bold: '1.', '2)', '(3)', '#4',
-# 'Profile 5:', 'Personality #6 -'. A bare number ('34 years old...') is not a marker.
+# A list marker at the start of a line, optionally in markdown bold or after a markdown heading's
+# hashes: '1.', '2)', '(3)', '#4', 'Profile 5:', 'Personality #6 -', '### Profile 7', and '8.She'
+# (no space, but a letter follows). A bare number ('34 years old...', '3.5 million') is not one.
 _NUMBERED = re.compile(
-    r"^\s*(?:\*\*|__)?\s*(?:(?:new\s+)?(?:profile|personality|persona|user)\s*#?\s*\d{1,3}\s*[.):\-–]?"
-    r"|#\s*\d{1,3}[.):]?|\(\d{1,3}\)|\d{1,3}\s*[.):])\s*(?:\*\*|__)?(?=\s|$)\s*[:.\-–]?\s*",
+    r"^\s*(?:#{1,6}\s+)?(?:\*\*|__)?\s*"
+    r"(?:(?:(?:new\s+)?(?:profile|personality|persona|user)\s*#?\s*\d{1,3}\s*[.):\-–]?"
+    r"|#\s*\d{1,3}[.):]?|\(\d{1,3}\)|\d{1,3}\s*[.):])\s*(?:\*\*|__)?(?=\s|$)"
+    r"|\d{1,3}[.)](?=[A-Za-z\"“]))\s*[:.\-–]?\s*",
     re.IGNORECASE,
 )
 _LABELLED = re.compile(r"^\s*(?:\*\*|__)?\s*(?:new\s+)?(?:profile|personality|persona)\s*(?:\*\*|__)?\s*[:\-–]\s*",
                        re.IGNORECASE)
+_HEADING = re.compile(r"^\s*#{1,6}\s+(?=\S)")
+"""A markdown heading without a number: its text is a title, not part of an item."""
 _BULLET = re.compile(r"^\s*[-*•–·]\s+")
 _PREAMBLE = re.compile(
     r"^(?:sure|certainly|of course|okay|ok|here|absolutely|great|below|i\b|i'm|i've|these|the following"
     r"|let me know|hope (?:this|these)|feel free|note\b|in summary)",
     re.IGNORECASE,
 )
+_TITLE_WORDS = 8
+"""An item's marker line with fewer words and no closing punctuation ('1. Amara', '**Profile 1:**')
+may be a title: a paragraph after a blank line, or bullets, are then its body."""
+_SENTENCE_END = re.compile(r"[.!?…\"”')]$")
 
 
-def _marker(line: str) -> re.Match | None:
-    return _NUMBERED.match(line) or _BULLET.match(line) or _LABELLED.match(line)
+def _marker(line: str) -> tuple[re.Match, str] | None:
+    for kind, pattern in (("numbered", _NUMBERED), ("heading", _HEADING), ("bullet", _BULLET),
+                          ("labelled", _LABELLED)):
+        m = pattern.match(line)
+        if m:
+            return m, kind
+    return None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def _clean(text: str) -> str:
@@ -115,36 +135,94 @@ def parse_generated(reply: str) -> ParsedReply:
     return _parse_paragraphs(reply)
 
 
+@dataclass
+class _Item:
+    kind: str
+    indent: int
+    title: str
+    """The marker line's text, until a body shows whether it is the item or a title over it."""
+    body: list[str]
+    sub: bool = False
+    """Bullets under it were taken as its body."""
+
+    def is_title(self) -> bool:
+        t = _clean(self.title)
+        return (self.kind == "heading" or len(t.split()) < _TITLE_WORDS and not _SENTENCE_END.search(t)) \
+            and not self.body
+
+    def text(self) -> str:
+        return " ".join([self.title, *self.body])
+
+
+def _with_stop(text: str) -> str:
+    t = text.rstrip()
+    return t if not t or t[-1] in ".!?;:" else t + "."
+
+
 def _parse_list(lines: list[str]) -> ParsedReply:
-    items: list[list[str]] = []
+    items: list[_Item] = []
     dropped: list[str] = []
-    current: list[str] | None = None
+    current: _Item | None = None
+    after_blank = False
     for line in lines:
         if not line.strip():
-            current = None  # what follows a blank line is a new item or a sign-off, not a wrap
+            after_blank = True
             continue
-        m = _marker(line)
-        if m:
-            current = [line[m.end():]]
+        found = _marker(line)
+        m, kind = found if found else (None, None)
+        if kind == "bullet" and current is not None and current.kind != "bullet" and (
+                _indent(line) > current.indent or current.sub or current.is_title()):
+            # '1. Amara' then '   - Age: 34': the bullets are the item's facts, not new items
+            if current.body:
+                current.body[-1] = _with_stop(current.body[-1])
+            else:
+                current.title = _with_stop(current.title)
+            current.body.append(line[m.end():].strip())
+            current.sub = True
+        elif m:
+            current = _Item(kind, _indent(line), line[m.end():].strip(), [])
             items.append(current)
-        elif current is not None and not _looks_like_preamble(line):
-            current.append(line)  # an item that wraps onto the next line
+        elif current is not None and not _looks_like_preamble(line) and (
+                not after_blank or current.is_title() and not current.sub):
+            if current.is_title() and (after_blank or current.kind == "heading"):
+                if _clean(current.title):
+                    dropped.append(_clean(current.title))  # '1. Amara', blank line, her description
+                current.title = ""
+            current.body.append(line.strip())  # the item's body, or an item wrapping onto the next line
         else:
-            dropped.append(line.strip())
-    cleaned = [_clean(" ".join(parts)) for parts in items]
+            dropped.append(line.strip())  # a preamble, or what follows a blank line: a sign-off
+            current = None
+        after_blank = False
     out = []
-    for text in cleaned:
+    for item in items:
+        text = _clean(item.text())
         if not text:
             continue
-        (dropped if _looks_like_preamble(text) and len(text.split()) < 12 else out).append(text)
+        if item.kind == "heading" and not item.body or _looks_like_preamble(text) and len(text.split()) < 12:
+            dropped.append(text)
+        else:
+            out.append(text)
     return ParsedReply(out, dropped)
 
 
+def _split_lines(lines: list[str]) -> list[str]:
+    """A block whose every line is a whole sentence-ended item of its own ('She is...' one per line,
+    no blank lines between them) is that many items; any other block is one wrapped paragraph."""
+    if len(lines) > 1 and all(_SENTENCE_END.search(ln) and len(ln.split()) >= 5 for ln in lines) \
+            and all(ln[0].isupper() or ln[0] in "\"“" for ln in lines):
+        return lines
+    return [" ".join(lines)]
+
+
 def _parse_paragraphs(reply: str) -> ParsedReply:
-    paragraphs = [_clean(p) for p in re.split(r"\n\s*\n", reply.strip())]
     items, dropped = [], []
-    for p in paragraphs:
-        if not p:
-            continue
-        (dropped if _looks_like_preamble(p) else items).append(p)
+    for block in re.split(r"\n\s*\n", reply.strip()):
+        lines = [ln.strip() for ln in block.split("\n") if ln.strip()]
+        while len(lines) > 1 and _looks_like_preamble(lines[0]):  # 'Here are 20 new profiles:' glued on
+            dropped.append(lines.pop(0))
+        while len(lines) > 1 and _looks_like_preamble(lines[-1]):
+            dropped.append(lines.pop())
+        for p in (_clean(x) for x in _split_lines(lines)):
+            if p:
+                (dropped if _looks_like_preamble(p) else items).append(p)
     return ParsedReply(items, dropped)
