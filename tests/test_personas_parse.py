@@ -121,6 +121,25 @@ GOOD = "She is 61 and works as a ferry captain in Bergen; she is widowed, has a 
     ("Elle a 61 ans, elle est capitaine de ferry à Bergen, veuve, mère d'un fils adulte, apicultrice.", "not_english"),
     ("Она капитан парома в Бергене, вдова, у неё взрослый сын и она держит пчёл дома.", "not_english"),
     ("she likes dogs she likes dogs she likes dogs she likes dogs she likes dogs", "repetitive"),
+    # ordinary facts that only look like our instructions or an assistant's words are kept
+    ("He is 38 and works 8 to 10 hour shifts as a welder in Alberta; he is married with three kids.", None),
+    ("She is 29 and works as a product manager at OpenAI in San Francisco; she is single and runs.", None),
+    ("He is 45 and is a language model researcher at a university in Toronto; he has two daughters.", None),
+    ("They feel free to interrupt, ask for sources, and say 'I'm sorry' when they get something wrong.", None),
+    ("Impatient, blunt, skeptical; wants bullet points, hates small talk and hedging, rarely says thanks.",
+     None),
+    # an assistant speaking for itself is still a leak
+    ("I am an AI language model and do not have a family, a job or hobbies of my own to describe here.",
+     "role_leak"),
+    ("I'm just a language model, so these traits are invented: calm, patient, curious and warm.", "role_leak"),
+    ("As an assistant I will describe a person who is calm, patient and curious about the world.", "role_leak"),
+    # terse lists in another language or gibberish are still not English
+    ("Ungeduldig, direkt, skeptisch; will Stichpunkte, hasst Smalltalk, bedankt sich selten, mag Zahlen.",
+     "not_english"),
+    ("Impatient, brusque, sceptique; veut des listes, déteste les bavardages, remercie rarement, préfère.",
+     "not_english"),
+    ("Xqzt, blorf, mmmrrk; zzpt vlkrn, qwrtz plmk, sdfgh jklq, xcvbn mnbv, wrtq plkj, brrrt.", "not_english"),
+    ("Терпеливый, спокойный, любопытный; любит списки, не любит болтовню, редко благодарит.", "not_english"),
 ])
 def test_filters(text, reason):
     assert FILTER.reason(text) == reason

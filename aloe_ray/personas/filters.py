@@ -9,16 +9,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Phrases no description of a person contains, but a model slipping out of its task does.
+# An assistant speaking for itself (first person) or to the requester, which a third-person
+# description of a person never does. Words that merely name the field ('a product manager at
+# OpenAI', 'a language model researcher', 'a dental assistant') are not leaks.
 _ROLE_LEAK = re.compile(
-    r"\b(?:as an ai|an ai (?:language )?model|language model|i am an ai|i'm an ai|as a helpful assistant"
-    r"|i (?:cannot|can't|can not) (?:help|provide|create|write|assist)|i'?m sorry|i apologi[sz]e|chatgpt|openai"
-    r"|here (?:are|is) (?:the|some|a|\d+)|let me know|hope (?:this|these) help|feel free to)\b",
+    r"\b(?:as an? (?:ai|language model|(?:helpful |virtual )?assistant)"
+    r"|i(?: am|'m) (?:an ai|a (?:large )?language model|an? (?:ai |virtual )?assistant|just an? )"
+    r"|i (?:cannot|can't|can not|am unable to|won't) (?:help|provide|create|write|assist|generate|fulfil|comply|invent)"
+    r"|here (?:are|is) (?:the|some|a|\d+) (?:new |more |example |sample )*(?:profiles?|personalit|personas?|examples?|descriptions?)"
+    r"|let me know if|hope (?:this|these) helps?)",
     re.IGNORECASE,
 )
-# Our own instructions repeated back (a small model's favourite failure), not a person.
+# Our own instructions repeated back (a small model's favourite failure), not a person. Only the
+# wording of our request: numbers ('8 to 10 hour shifts', '3 examples of her work') are facts.
 _ECHO = re.compile(
-    r"\b(?:(?:in|written in) the third person|8 to 10|\d+ examples?|the examples|example (?:profiles?|personalit\w+)"
+    r"\b(?:(?:in|written in) the third person|the examples|example (?:profiles?|personalit\w+)"
     r"|new (?:user )?(?:profiles?|personalit\w+)|traits describing|objective facts|(?:user )?profile is a"
     r"|personality is a|facts only|traits only)\b",
     re.IGNORECASE,
@@ -29,6 +34,25 @@ _ENGLISH = frozenset(
     "the a an and or of to in on at for with is are was has have he she they his her their them who "
     "works lives loves enjoys likes from by as but not very".split()
 )
+# A terse trait list ('Impatient, blunt, skeptical; wants bullet points') has few function words;
+# it passes on words that describe how a person talks and what they want instead.
+_TRAIT_WORDS = frozenset(
+    "wants want needs prefers prefer likes dislikes hates values expects asks answers replies reply "
+    "answer advice tone talk talks small short long direct blunt warm cold polite formal casual "
+    "friendly patient impatient calm anxious curious skeptical sceptical sarcastic shy quiet loud "
+    "funny serious honest kind gentle rude careful cautious confident proud stubborn lazy organised "
+    "organized detail detailed quick slow simple plain clear concise brief chatty reserved emotional "
+    "practical logical analytical optimistic pessimistic cheerful grumpy moody nervous relaxed "
+    "easily often rarely never always sometimes over about no little lots much more less points "
+    "bullet lists facts numbers details jokes humour humor stories examples questions thanks hedging "
+    "lectures lecturing reassurance praise criticism feedback opinions people others things".split()
+)
+_LIST_SEPARATORS = re.compile(r"[,;]")
+
+
+def _pronounceable(word: str) -> bool:
+    w = word.lower().strip("'")
+    return bool(re.search(r"[aeiouy]", w)) and not re.search(r"[^aeiouy']{5,}|(.)\1\1", w) and len(w) <= 20
 
 
 @dataclass(frozen=True)
@@ -59,12 +83,20 @@ class CandidateFilter:
 
 
 def is_english(text: str, min_ratio: float = 0.2) -> bool:
-    """Mostly Latin letters, and enough common English function words."""
+    """Mostly Latin letters, and enough common English function words; or, for a terse list of
+    traits (several commas or semicolons), enough English trait words and no gibberish."""
     letters = [c for c in text if c.isalpha()]
     if not letters or sum(c.isascii() for c in letters) / len(letters) < 0.9:
         return False
     words = [w.lower() for w in _WORD.findall(text)]
-    return bool(words) and sum(w in _ENGLISH for w in words) / len(words) >= min_ratio
+    if not words:
+        return False
+    if sum(w in _ENGLISH for w in words) / len(words) >= min_ratio:
+        return True
+    if len(_LIST_SEPARATORS.findall(text)) < 3:
+        return False
+    known = sum(w in _ENGLISH or w in _TRAIT_WORDS for w in words) / len(words)
+    return known >= min_ratio and sum(map(_pronounceable, words)) / len(words) >= 0.9
 
 
 def distinct_trigram_ratio(text: str) -> float:
