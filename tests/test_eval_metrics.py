@@ -7,11 +7,13 @@ import math
 import pytest
 
 from aloe_ray.eval.metrics import (
+    METRICS,
     alignment_levels,
-    bootstrap_ci,
+    bootstrap_intervals,
     expected_score,
     fit_line,
     normalised,
+    percentile_interval,
     summarize,
 )
 
@@ -48,11 +50,33 @@ def test_expected_score():
         expected_score([0.5, 0.5])
 
 
-def test_bootstrap_ci_brackets_the_estimate():
+def test_percentile_interval_by_hand():
+    values = [float(v) for v in range(11)] + [None]  # 0..10, None skipped; n - 1 = 10
+    assert percentile_interval(values, 0.8) == [1.0, 9.0]  # floor(0.1 * 10), ceil(0.9 * 10)
+    assert percentile_interval(values, 0.95) == [0.0, 10.0]  # floor(0.25), ceil(9.75)
+    assert percentile_interval([3.0, 1.0, 2.0], 0.5) == [1.0, 3.0]  # sorted first: floor(0.5), ceil(1.5)
+    assert percentile_interval([None, None]) is None
+
+
+def test_bootstrap_intervals_bracket_the_estimates():
     scores = {f"p{i}": [1 + i % 3, 2 + i % 3, 3 + i % 2] for i in range(20)}
-    ir = summarize(scores)["IR"]
-    lo, hi = bootstrap_ci(scores, lambda s: summarize(s)["IR"], samples=300, seed=1)
-    assert lo <= ir <= hi and hi - lo < 2
-    assert bootstrap_ci({"only": [1, 2]}, lambda s: 0.0) is None
-    same = bootstrap_ci({"a": [1, 2], "b": [1, 2]}, lambda s: summarize(s)["IR"], samples=50)
-    assert same == pytest.approx((1.0, 1.0)) and not math.isnan(same[0])
+    summary = summarize(scores)
+    cis = bootstrap_intervals(scores, samples=300, seed=1)
+    assert set(cis) == {f"{m}_CI" for m in METRICS}
+    lo, hi = cis["IR_CI"]
+    assert lo <= summary["IR"] <= hi and hi - lo < 2
+    assert len(cis["AL_CI"]) == len(cis["N_AL_CI"]) == 3
+    for (lo, hi), al in zip(cis["AL_CI"], summary["AL"]):
+        assert lo <= al <= hi
+    assert cis == bootstrap_intervals(scores, samples=300, seed=1)  # seeded
+    assert cis != bootstrap_intervals(scores, samples=300, seed=2)
+
+
+def test_bootstrap_intervals_degenerate_cases():
+    assert bootstrap_intervals({"only": [1, 2]}) == {f"{m}_CI": None for m in METRICS}
+    same = bootstrap_intervals({"a": [1, 2], "b": [1, 2]}, samples=50)
+    assert same["IR_CI"] == pytest.approx([1.0, 1.0]) and not math.isnan(same["IR_CI"][0])
+    assert same["AL_CI"] == [[1.0, 1.0], [2.0, 2.0]]
+    # a turn nobody scored has no interval; R2 of a flat AL curve is undefined in every resample
+    flat = bootstrap_intervals({"a": [3, 3, None], "b": [3, 3, None]}, samples=20)
+    assert flat["AL_CI"][2] is None and flat["R2_CI"] is None

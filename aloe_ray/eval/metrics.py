@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 Scores = Mapping[str, Sequence[float | None]]  # persona id -> score per turn (None: missing)
 
 SCORE_CHOICES = ("1", "2", "3", "4", "5")
+
+METRICS = ("AL", "IR", "R2", "N_AL", "N_IR", "N_R2")
 
 
 def expected_score(probs: Sequence[float]) -> float:
@@ -72,22 +74,34 @@ def summarize(scores: Scores) -> dict:
     return {"AL": al, "IR": ir, "R2": r2, "N_AL": n_al, "N_IR": n_ir, "N_R2": n_r2}
 
 
-def bootstrap_ci(scores: Scores, statistic: Callable[[Scores], float | None], *, samples: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of `statistic` over personas resampled with replacement."""
+def percentile_interval(values: Sequence[float | None], level: float = 0.95) -> list[float] | None:
+    """[low, high] percentile interval of the values (None values skipped; None when none is left):
+    the order statistics at floor((1 - level) / 2 * (n - 1)) and ceil((1 + level) / 2 * (n - 1))."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return None
+    # the tolerance keeps float error ((1 - 0.8) / 2 * 10 = 0.999...) from moving an index
+    lo = math.floor((1 - level) / 2 * (len(got) - 1) + 1e-9)
+    hi = math.ceil((1 + level) / 2 * (len(got) - 1) - 1e-9)
+    return [got[lo], got[hi]]
+
+
+def bootstrap_intervals(scores: Scores, *, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals of every metric, personas resampled with replacement (one
+    set of resamples for all metrics): `<M>_CI` = [low, high] for IR, R2, N_IR, N_R2, and a list
+    of [low, high] per turn for AL and N_AL; None where fewer than two personas, or where no
+    resample defines the value."""
     personas = list(scores)
     if len(personas) < 2:
-        return None
+        return {f"{m}_CI": None for m in METRICS}
     rng = random.Random(seed)
-    values = []
-    for _ in range(samples):
-        draw = {f"{i}": scores[rng.choice(personas)] for i in range(len(personas))}
-        v = statistic(draw)
-        if v is not None:
-            values.append(v)
-    if not values:
-        return None
-    values.sort()
-    lo_idx = int(math.floor((1 - level) / 2 * (len(values) - 1)))
-    hi_idx = int(math.ceil((1 + level) / 2 * (len(values) - 1)))
-    return values[lo_idx], values[hi_idx]
+    draws = [summarize({f"{i}": scores[rng.choice(personas)] for i in range(len(personas))})
+             for _ in range(samples)]
+    out: dict = {}
+    for m in ("IR", "R2", "N_IR", "N_R2"):
+        out[f"{m}_CI"] = percentile_interval([d[m] for d in draws], level)
+    turns = max(len(s) for s in scores.values())
+    for m in ("AL", "N_AL"):
+        out[f"{m}_CI"] = [percentile_interval([d[m][k] for d in draws if k < len(d[m])], level)
+                          for k in range(turns)]
+    return out
