@@ -19,6 +19,14 @@ from scripted_engine import ScriptedEngine
     ("5\n", 5.0), ("1", 1.0),
     ("6", None), ("0", None), ("Score: 8/10", None), ("3 or 4", None), ("five", None), ("", None),
     ("1. Style: 4\n2. Content: 3", None), ("The reply fits well.", None), ("-2", None), ("Score: -3", None),
+    # a leading bare score wins over the numbers of an explanation after it
+    ("4\n\nExplanation: the reply has 2 sentences and earns 3 points", 4.0), ("4.\nIt names 2 hobbies.", 4.0),
+    ("4/5\nStyle 3, content 5", 4.0), ("6\nIt is great", None), ("8/10\nGood", None),
+    # else the first labelled score, else the first N/5
+    ("Sure! I'd rate this reply a 4 out of 5 because it fits 2 of 3 criteria", 4.0),
+    ("Score: 3/5. Style would be 5 on its own.", 3.0), ("Score: 3\nRating: 5", 3.0),
+    ("The reply deserves 2/5: it ignores 3 facts.", 2.0), ("Overall 3 out of 5, style 4 out of 5", 3.0),
+    ("Its 3 sentences are fine: 7/10", None),
 ])
 def test_parse_score(reply, score):
     assert parse_score(reply) == score
@@ -130,6 +138,49 @@ def test_expected_scoring_without_probabilities_uses_the_answer_and_a_crashing_j
     result = run((ScriptedEngine("sim"), Recorder("mut", lambda req, n: "ok"), Down()), turns=2)
     assert result.rollout["status"] == "ok" and result.rollout["scores_missing"] == 2
     assert all(t["score"] is None and "unreachable" in t["judge_error"] for t in result.turns)
+
+
+def test_a_judge_whose_last_attempt_raises_keeps_the_earlier_raw_reply_and_the_error():
+    class Flaky(Recorder):
+        async def chat(self, requests, affinity=None):
+            out = await super().chat(requests, affinity)
+            if len(self.requests) % 3 == 0:  # every score's third (last) attempt raises
+                raise TimeoutError("judge timed out")
+            return out
+
+    judge = Flaky("judge", lambda req, n: ["no idea", "still thinking"][(n - 1) % 3 % 2])
+    result = run((ScriptedEngine("sim"), Recorder("mut", lambda req, n: "ok"), judge), turns=1,
+                 judge=JudgeMode(scoring="sampled"))
+    (t,) = result.turns
+    assert result.rollout["status"] == "ok" and t["score"] is None and t["judge_attempts"] == 3
+    assert t["judge_raw"] == "still thinking"  # the last reply that came back, not lost to the error
+    assert "TimeoutError: judge timed out" in t["judge_error"]
+    # a score accepted after a failed attempt carries no error
+    judge = Recorder("judge", lambda req, n: "4")
+    judge.chat = _failing_first(judge.chat)
+    (t,) = run((ScriptedEngine("sim"), Recorder("mut", lambda req, n: "ok"), judge), turns=1,
+               judge=JudgeMode(scoring="sampled")).turns
+    assert (t["score"], t["judge_attempts"], t["judge_raw"], t["judge_error"]) == (4.0, 2, "4", None)
+
+
+def _failing_first(chat):
+    calls = []
+
+    async def wrapped(requests, affinity=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("first call fails")
+        return await chat(requests, affinity)
+
+    return wrapped
+
+
+def test_a_failed_rollout_keeps_the_turns_it_completed():
+    model = Recorder("mut", lambda req, n: "fine" if n <= 2 else " ")  # turn 3 never gets a reply
+    result = run((ScriptedEngine("sim"), model, Recorder("j", lambda r, n: "4")), turns=4)
+    assert result.rollout["status"] == "failed" and "turn 3" in result.rollout["failure_reason"]
+    assert [t["turn"] for t in result.turns] == [1, 2] and result.rollout["turns"] == 2
+    assert all(t["score"] == 4.0 and t["rollout_id"] == result.rollout["rollout_id"] for t in result.turns)
 
 
 def test_model_under_test_that_never_answers_fails_the_rollout_with_a_reason():

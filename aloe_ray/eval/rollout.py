@@ -8,7 +8,8 @@ Invariants of a finished rollout:
   a judge that fails never fails the rollout;
 - every request's seed derives from (rollout seed, turn, role, attempt).
 A rollout either completes all turns (status 'ok') or fails with a reason (the simulator or the
-model under test gave no usable reply after its retries); a failed rollout yields no turn rows.
+model under test gave no usable reply after its retries); a failed rollout still yields the turns
+it completed (its status is on its rollout row: join on rollout_id), which no metric counts.
 """
 
 from __future__ import annotations
@@ -102,11 +103,13 @@ class RolloutFailure(Exception):
 @dataclass
 class _Call:
     completion: Completion | None
+    """The accepted reply; when none was accepted, the last reply that came back (None: none did)."""
     value: Any
     seed: int
     latency_s: float
     attempts: int
     error: str | None = None
+    """When no reply was accepted: the last attempt's error that raised (None: none raised)."""
 
 
 @dataclass
@@ -127,7 +130,7 @@ async def roll_out(spec: RolloutSpec, roles: EvalRoles, judge: JudgeMode, turns:
         await run.run(turns)
     except RolloutFailure as exc:
         status, reason = "failed", str(exc)[:2000]
-    rows = run.rows if status == "ok" else []
+    rows = run.rows
     scores = [r["score"] for r in rows]
     slope, _, r2 = fit_line(scores) if rows else (None, None, None)
     present = [s for s in scores if s is not None]
@@ -185,10 +188,12 @@ class _Rollout:
                     accept: Callable[[Completion], Any], choices: tuple[str, ...] | None = None) -> _Call:
         """One role request with retries (new seed per attempt) on engine errors and on replies
         `accept` rejects. Never raises: after the last attempt the value is None, and the call
-        holds the last reply (or the last error)."""
+        holds both the last reply that came back and the last error, whichever attempts gave them
+        (a final attempt that raises keeps the earlier unparseable reply)."""
         binding: RoleBinding = getattr(self.roles, role)
         started = time.monotonic()
-        completion, error, seed = None, None, 0
+        completion: Completion | None = None
+        error, seed = None, 0
         for attempt in range(binding.max_attempts):
             seed = derive_seed(self.spec.seed, turn, role, attempt)
             s = binding.sampling
@@ -200,10 +205,10 @@ class _Rollout:
             try:
                 (completion,) = await binding.engine.chat([request], affinity=self.spec.rollout_id)
             except Exception as exc:  # engine down, HTTP error: retry, then give up on this call
-                completion, error = None, f"{type(exc).__name__}: {str(exc)[:500]}"
-                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+                error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                if attempt + 1 < binding.max_attempts:
+                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
                 continue
-            error = None
             self.counters.prompt_tokens += completion.prompt_tokens
             self.counters.completion_tokens += completion.completion_tokens
             value = accept(completion)
@@ -251,4 +256,6 @@ def _expected(c: Completion) -> float | None:
 def _unusable(who: str, turn: int, call: _Call) -> str:
     if call.completion is None:
         return f"{who} call failed at turn {turn} after {call.attempts} attempts: {call.error}"
-    return f"{who} reply unusable at turn {turn} after {call.attempts} attempts: {call.completion.text[:300]!r}"
+    last_error = f"; last error: {call.error}" if call.error else ""
+    return (f"{who} reply unusable at turn {turn} after {call.attempts} attempts: "
+            f"{call.completion.text[:300]!r}{last_error}")

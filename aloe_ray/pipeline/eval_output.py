@@ -4,7 +4,9 @@ Rollouts are written in parts: `turns/part-X.parquet`, then `rollouts/part-X.par
 is written atomically and the rollouts part is the commit (as in the tree job's RunOutput): a
 turns part without its rollouts part is an orphan of a crash and is deleted on the next start.
 X is a hash of the part's rollout ids, so a retried Ray task rewrites the same files. A persona
-is finished once a committed rollouts part holds it with status 'ok'.
+is finished once a committed rollouts part holds it with status 'ok'. A failed rollout's part
+holds the turns it completed; retrying it removes them (turns first, then the rollouts row), so a
+rollout id never has two sets of turns.
 """
 
 from __future__ import annotations
@@ -62,11 +64,14 @@ class EvalOutput:
             if not retry_failed:
                 done.update(table.filter(failed)["rollout_id"].to_pylist())
             elif pc.any(failed).as_py():
-                kept = table.filter(pc.invert(failed))
-                if kept.num_rows:
-                    storage.write_parquet(uri, kept, self.s3)
-                else:
-                    storage.delete_file(uri, self.s3)
+                # the turns first: a crash in between leaves the failed rows to be dropped next time
+                failed_ids = pa.array(table.filter(failed)["rollout_id"].to_pylist(), pa.string())
+                turns_uri = self.file(f"turns/{self._name(uri)}")
+                if storage.exists(turns_uri, self.s3):
+                    turns = storage.read_parquet(turns_uri, self.s3, schema=EVAL_TURNS)
+                    _rewrite(turns_uri, turns.filter(pc.invert(pc.is_in(turns["rollout_id"], value_set=failed_ids))),
+                             self.s3)
+                _rewrite(uri, table.filter(pc.invert(failed)), self.s3)
         return done, orphans
 
     def read(self, name: str) -> pa.Table:
@@ -93,3 +98,11 @@ class EvalOutput:
     @staticmethod
     def _name(uri: str) -> str:
         return uri.rsplit("/", 1)[-1]
+
+
+def _rewrite(uri: str, kept: pa.Table, s3: S3Options | None) -> None:
+    """Write what is left of a part, or delete it when nothing is."""
+    if kept.num_rows:
+        storage.write_parquet(uri, kept, s3)
+    else:
+        storage.delete_file(uri, s3)

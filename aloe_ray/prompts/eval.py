@@ -61,27 +61,39 @@ __all__ = ["EVAL_PROMPT_VERSION", "SCORE_CHOICES", "judge_score_messages", "mode
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _SCALE = rf"\s*(?:/\s*{_NUMBER}|out\s+of\s+{_NUMBER})"
+# A first line that is the score alone: '4', '4/5', '4.', '4 out of 5'.
+_LEADING = re.compile(rf"\A\s*{_NUMBER}(?:{_SCALE})?\s*\.?\s*(?:\n|\Z)", re.IGNORECASE)
 _LABELLED = re.compile(rf"\b(?:score|rating|rate|grade)\b\D{{0,20}}?(?<![-\d.]){_NUMBER}(?:{_SCALE})?", re.IGNORECASE)
+_OUT_OF = re.compile(rf"(?<![-\d.]){_NUMBER}{_SCALE}", re.IGNORECASE)
 _ANY = re.compile(rf"(?<![-\d.]){_NUMBER}(?:{_SCALE})?(?![\d.]*\d)")
 
 
 def parse_score(reply: str) -> float | None:
-    """The 1-5 score a judge's free-text reply gives ('4', 'Score: 4/5', '**4**', 'I'd rate it 4
-    out of 5'), else None. A score on another scale ('8/10'), out of range ('0', '6'), or a reply
-    naming several different numbers ('3 or 4') does not parse: the caller retries, then records
-    the score as missing with the raw reply, never a guess."""
+    """The 1-5 score a judge's free-text reply gives, else None. In order of preference: a first
+    line that is the score alone ('4', '4/5', then perhaps an explanation naming other numbers);
+    the first labelled score ('Score: 4/5', 'Sure! I'd rate this reply a 4 out of 5 because...');
+    the first 'N/5' or 'N out of 5'; else the one number the reply names ('**4**'). A score on
+    another scale ('8/10'), out of range ('0', '6'), or a reply naming several different numbers
+    with none of those forms ('3 or 4') does not parse: the caller retries, then records the score
+    as missing with the raw reply, never a guess."""
     text = re.sub(r"[*_`#]", "", reply).strip()
     if not text:
         return None
-    labelled = _LABELLED.findall(text)
-    candidates = labelled or _ANY.findall(text)
+    for pattern in (_LEADING, _LABELLED, _OUT_OF):
+        found = pattern.search(text)
+        if found:
+            return _on_scale(*found.groups())
     values = set()
-    for value, over_a, over_b in candidates:
-        scale = over_a or over_b
-        if scale and float(scale) != 5:
+    for value, over_a, over_b in _ANY.findall(text):
+        if (over_a or over_b) and float(over_a or over_b) != 5:
             return None
         values.add(float(value))
-    if len(values) != 1:
+    return _on_scale(values.pop(), None, None) if len(values) == 1 else None
+
+
+def _on_scale(value: str | float, over_a: str | None, over_b: str | None) -> float | None:
+    scale = over_a or over_b
+    if scale and float(scale) != 5:
         return None
-    score = values.pop()
+    score = float(value)
     return score if 1 <= score <= 5 else None
