@@ -5,8 +5,8 @@ turns; after each reply a judge, who sees the full persona, scores it 1-5. Repor
 N-AL, N-IR, N-R^2 with bootstrap intervals over personas into <output>/<run_id>/eval/<name>/.
 
 Run it (same code three ways):
-    python jobs/eval_aloe.py                                       # local Ray, bundled model: 4 personas x 10 turns
-    python jobs/eval_aloe.py --num_personas=100                    # the benchmark's 100 personas
+    python jobs/eval_aloe.py                                       # no config: local Ray, bundled model, 4 personas x 10 turns
+    python jobs/eval_aloe.py --num_personas=100                    # the benchmark's 100 personas (a --config file's default)
     python jobs/eval_aloe.py --engines.api.backend=openai --engines.api.model=aloe-dpo \\
         --engines.api.base_url=http://127.0.0.1:8000/v1 --roles.model.engine=api   # test an endpoint
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . \\

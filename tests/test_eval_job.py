@@ -99,6 +99,11 @@ def test_rollout_against_the_serve_app_to_s3_resume_and_compare(serve_and_s3, tm
     assert report["AL"] == pytest.approx([sum(s) / 2 for s in by_turn])
     assert report["IR"] == pytest.approx(report["AL"][1] - report["AL"][0])  # two points: slope = difference
     assert report["personas"] == 2 and report["scores_missing"] == 0 and report["models"]["model"] == SERVED
+    assert (report["personas_requested"], report["personas_evaluated"]) == (2, 2) and report["personas_available"] >= 2
+    # 16-token replies: the report says how many the limit cut, per turn and overall
+    cut = [r["reply_finish_reason"] == "length" for r in rows]
+    assert report["replies_truncated"] == sum(cut) and report["replies_truncated_share"] == pytest.approx(sum(cut) / 4)
+    assert len(report["replies_truncated_share_by_turn"]) == 2
     assert "| turn k | AL(k) |" in storage.read_text(out.file("report.md"), s3)
     assert storage.read_bytes(out.file("al_curve.png"), s3).startswith(b"\x89PNG\r\n\x1a\n")
     manifest = json.loads(storage.read_text(out.file("manifest.json"), s3))

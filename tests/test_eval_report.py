@@ -8,9 +8,19 @@ import json
 import pytest
 
 from aloe_ray.config import ConfigError, EvalConfig, load_config
-from aloe_ray.eval.report import al_plot_png, build_report, compare_markdown, report_markdown
-from aloe_ray.pipeline.eval import benchmark_personas, compare_reports, find_reports
+from aloe_ray.config.loader import config_help
+from aloe_ray.eval.metrics import bootstrap_intervals
+from aloe_ray.eval.report import al_plot_png, build_report, compare_markdown, report_markdown, scores_by_persona
+from aloe_ray.pipeline.eval import (
+    benchmark_personas,
+    compare_reports,
+    find_reports,
+    persona_candidates,
+    select_personas,
+)
 from conftest import REFERENCE, REPO
+
+needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="shared/aloe_reference not present")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +61,46 @@ def test_report_fields_by_hand():
     json.dumps(report)  # serialisable as is
 
 
+def test_report_intervals_are_the_metrics_bootstrap():
+    turns, rollouts = rows({"p1": [1, 4, 3], "p2": [3, None, 3], "p3": [2, 2, 5]})
+    report = build_report(turns, rollouts, turns=3, meta={}, samples=150, seed=7, level=0.9)
+    expected = bootstrap_intervals(scores_by_persona(turns, 3), samples=150, seed=7, level=0.9)
+    assert {k: report[k] for k in expected} == expected
+
+
+def test_failed_rollouts_turns_are_left_out_of_every_metric():
+    turns, rollouts = rows({"p1": [1, 4, 3], "p2": [3, None, 3]})
+    # the failed rollout completed two turns with top scores before it failed
+    turns += [{"rollout_id": "r-x", "persona_id": "x", "turn": k, "score": 5.0, "reply_finish_reason": "length"}
+              for k in (1, 2)]
+    rollouts.append({"rollout_id": "r-x", "persona_id": "x", "status": "failed", "failure_reason": "boom",
+                     "mean_score": 5.0, "ir": 0.0, "r2": None, "scores_missing": 0})
+    report = build_report(turns, rollouts, turns=3, meta={}, samples=100)
+    assert report["AL"] == [2.0, 4.0, 3.0] and report["personas"] == 2 and report["rollouts_failed"] == 1
+    assert report["scores"] == 5 and [p["persona_id"] for p in report["per_persona"]] == ["p1", "p2"]
+    assert report["replies_truncated"] == 0  # nor in the truncation share
+    assert report["AL_CI"][1] == [4.0, 4.0]  # nor in the intervals
+
+
+def test_report_gives_the_share_of_replies_cut_at_the_token_limit():
+    turns, rollouts = rows({"p1": [1, 4, 3], "p2": [3, 3, 3]})
+    for row in turns:  # p1's turns 1 and 2 and p2's turn 1 hit max_tokens
+        row["reply_finish_reason"] = "length" if (row["persona_id"], row["turn"]) in {
+            ("p1", 1), ("p1", 2), ("p2", 1)} else "stop"
+    report = build_report(turns, rollouts, turns=3, meta={"personas_requested": 2, "personas_available": 9},
+                          samples=50)
+    assert report["replies_truncated"] == 3 and report["replies_truncated_share"] == pytest.approx(0.5)
+    assert report["replies_truncated_share_by_turn"] == [1.0, 0.5, 0.0]
+    md = report_markdown(report)
+    assert "finish_reason 'length'): 50% (3 replies)" in md
+    assert "| 1 | 2.000 | " in md and md.split("| 1 | 2.000 |")[1].splitlines()[0].endswith("| 100% |")
+    assert "2 personas evaluated of 2 requested (9 available)" in md
+    assert report["personas_requested"] == 2 and report["personas_evaluated"] == 2
+    unknown = build_report(*rows({"p1": [1, 2, 3]}), turns=3, meta={}, samples=10)  # rows without the column
+    assert unknown["replies_truncated_share"] == 0.0
+    assert build_report([], [], turns=2, meta={}, samples=10)["replies_truncated_share_by_turn"] == [None, None]
+
+
 def test_report_markdown_and_png():
     report = report_of({"p1": [1, 4, 3], "p2": [3, 3, 5]}, models={"model": "m", "judge": "j", "simulator": "s"})
     md = report_markdown(report)
@@ -87,8 +137,23 @@ def test_compare_table_and_plot_from_folders(tmp_path):
 
 
 def test_eval_config_defaults_and_errors(tmp_path):
+    # the field defaults are the method's; a config file builds on them
+    method = EvalConfig()
+    assert (method.num_personas, method.turns, method.judge.history, method.judge.scoring.value) == (
+        100, 10, True, "expected")
+    assert method.roles.model.sampling.max_tokens >= 192 and method.roles.judge.sampling.max_tokens >= 32
+    empty = tmp_path / "eval.yaml"
+    empty.write_text("turns: 10\n")
+    from_file = load_config(EvalConfig, ["--config", str(empty)])
+    assert from_file.num_personas == 100 and from_file.roles.model.sampling.max_tokens == 192
+    # without a config file: the quick laptop run, which --help names
     cfg = load_config(EvalConfig, [])
     assert (cfg.num_personas, cfg.turns, cfg.judge.history, cfg.judge.scoring.value) == (4, 10, True, "expected")
+    assert cfg.roles.model.sampling.max_tokens == 72 and cfg.roles.model.sampling.temperature == 0.7
+    assert load_config(EvalConfig, ["--num_personas=100"]).num_personas == 100
+    assert load_config(EvalConfig, ["--num_personas=null"]).num_personas is None
+    helptext = config_help(EvalConfig)
+    assert "num_personas=4" in helptext and "--num_personas  [int or null, default 100]" in helptext
     assert cfg.eval_name == "smollm2-135m" and set(cfg.used_engines()) == {"default"}
     cfg = load_config(EvalConfig, ["--engines.api.backend=openai", "--engines.api.model=s3://m/Llama-3.1-8B/",
                                    "--engines.api.base_url=http://127.0.0.1:8000/v1", "--roles.model.engine=api"])
@@ -101,7 +166,8 @@ def test_eval_config_defaults_and_errors(tmp_path):
         load_config(EvalConfig, ["--personas.profiles=a.jsonl"])
 
 
-def test_personas_reference_benchmark_and_seeded_selection():
+@needs_reference
+def test_personas_reference_benchmark():
     from aloe_ray.config.eval import EvalPersonasConfig
 
     ref = EvalPersonasConfig(profiles=str(REFERENCE / "profile_eval.jsonl"),
@@ -109,10 +175,31 @@ def test_personas_reference_benchmark_and_seeded_selection():
     personas = benchmark_personas(ref, 100)
     assert len(personas) == 100 and len({p.profile for p in personas}) == 20
     assert len({p.personality for p in personas}) == 5
-    seeds = benchmark_personas(EvalPersonasConfig(), 100)
-    assert len(seeds) == 100 and {p.split for p in seeds} == {"benchmark"}
-    small, larger = benchmark_personas(EvalPersonasConfig(), 4), benchmark_personas(EvalPersonasConfig(), 10)
+    with pytest.raises(ConfigError, match="num_personas is 101 but .* has only 100 distinct personas"):
+        benchmark_personas(ref, 101)
+
+
+def test_seed_personas_selection_works_with_any_count_available():
+    from aloe_ray.config.eval import EvalPersonasConfig
+
+    seeds = persona_candidates(EvalPersonasConfig())
+    n = len(seeds)  # the seeds' benchmark split, whatever its size
+    assert n >= 4 and {p.split for p in seeds} == {"benchmark"} and len({p.persona_id for p in seeds}) == n
+    assert benchmark_personas(EvalPersonasConfig(), n) == seeds  # all of them, in order
+    assert benchmark_personas(EvalPersonasConfig(), None) == seeds
+    small, larger = benchmark_personas(EvalPersonasConfig(), 2), benchmark_personas(EvalPersonasConfig(), n - 1)
     assert {p.persona_id for p in small} < {p.persona_id for p in larger}  # growing the count resumes
+    with pytest.raises(ConfigError, match=f"num_personas is {n + 1} but the built-in seeds' benchmark split "
+                                          f"has only {n} distinct personas; set --num_personas={n} or "
+                                          "--num_personas=null"):
+        benchmark_personas(EvalPersonasConfig(), n + 1)
+    # selection on its own: any candidate count, a seeded subset in source order
+    pool = seeds[:3]
+    assert select_personas(pool, 3) == pool and select_personas(pool, None) == pool
+    picked = select_personas(pool, 2, seed=5)
+    assert len(picked) == 2 and picked == [p for p in pool if p in picked]
+    with pytest.raises(ConfigError, match="has only 0 distinct personas"):
+        select_personas([], 1)
 
 
 def test_job_bad_input_exits_2_before_anything_starts(tmp_path, capsys):
@@ -126,6 +213,11 @@ def test_job_bad_input_exits_2_before_anything_starts(tmp_path, capsys):
     assert job.main([f"--personas.profiles={bad}", f"--personas.personalities={bad}", f"--output={tmp_path}"]) == 2
     assert f"{bad}:2: not a JSON string" in capsys.readouterr().err
     assert job.main(["--turns=0"]) == 2 and "turns" in capsys.readouterr().err
+    # more personas than the source has: an error before Ray starts, nothing written
+    assert job.main(["--num_personas=100000", f"--output={tmp_path / 'out'}", "--run_id=r"]) == 2
+    err = capsys.readouterr().err
+    assert "num_personas is 100000 but the built-in seeds' benchmark split has only" in err
+    assert "--num_personas=null" in err and not (tmp_path / "out").exists()
     assert job.main(["compare", str(tmp_path)]) == 2 and "--output" in capsys.readouterr().err
     assert job.main(["compare", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert "no report.json" in capsys.readouterr().err
@@ -166,3 +258,41 @@ def test_eval_output_commits_parts_and_recovers_exactly_once(tmp_path):
     done, _ = out.recover(retry_failed=True)
     assert done == {s.rollout_id for s in specs[:2]}  # the failed rollout runs again
     assert out.read("rollouts").num_rows == 2 and out.read("turns").num_rows == 4
+
+
+def test_retrying_a_failed_rollout_drops_the_turns_it_completed(tmp_path):
+    import asyncio
+
+    from aloe_ray.engines.base import Sampling
+    from aloe_ray.eval.rollout import EvalRoles, JudgeMode, RoleBinding, make_rollout_specs, roll_out
+    from aloe_ray.personas.loaders import seed_personas
+    from aloe_ray.pipeline.eval_output import EvalOutput, eval_root
+    from scripted_engine import ScriptedEngine
+
+    class SilentAfterOne(ScriptedEngine):  # answers turn 1, then never again
+        async def chat(self, requests, affinity=None):
+            out = await super().chat(requests, affinity)
+            if len(self.requests) > 1:
+                for c in out:
+                    c.text = ""
+            return out
+
+    specs = make_rollout_specs("r", "base", seed_personas(per_profile=1, seed=0, split="benchmark")[:2])
+    judge = ScriptedEngine("judge", overrides={"responder": lambda req, n: "4"})
+    good = EvalRoles(*(RoleBinding(e, Sampling()) for e in (ScriptedEngine("s"), ScriptedEngine("m"), judge)))
+    bad = EvalRoles(RoleBinding(ScriptedEngine("s"), Sampling()), RoleBinding(SilentAfterOne("m"), Sampling()),
+                    RoleBinding(judge, Sampling()))
+    results = [asyncio.run(roll_out(specs[0], good, JudgeMode(), 3)),
+               asyncio.run(roll_out(specs[1], bad, JudgeMode(), 3))]
+    assert results[1].rollout["status"] == "failed" and len(results[1].turns) == 1
+    out = EvalOutput(eval_root(str(tmp_path), "r", "base"))
+    out.commit(results)
+    turns = out.read("turns").to_pylist()  # the failed rollout's completed turn is written
+    assert sorted((t["rollout_id"] == specs[1].rollout_id, t["turn"]) for t in turns) == [
+        (False, 1), (False, 2), (False, 3), (True, 1)]
+    done, _ = out.recover(retry_failed=False)
+    assert done == {s.rollout_id for s in specs} and out.read("turns").num_rows == 4  # kept as recorded
+    done, _ = out.recover(retry_failed=True)  # the retry starts clean: no second set of turns
+    assert done == {specs[0].rollout_id}
+    assert {t["rollout_id"] for t in out.read("turns").to_pylist()} == {specs[0].rollout_id}
+    assert out.read("turns").num_rows == 3 and out.read("rollouts").num_rows == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -72,13 +73,16 @@ class EvalRolesConfig(StrictModel):
     simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 48)))
     """The user simulator: role-plays the persona, opens and continues the conversation."""
 
-    model: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 72)))
+    model: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 192)))
     """The model under test: sees only the conversation, never the persona. Point its engine at
-    an endpoint (backend openai + base_url) to test a served model."""
+    an endpoint (backend openai + base_url) to test a served model. max_tokens leaves room for a
+    ~3-sentence reply; the report gives the share of replies cut at it (finish_reason 'length')."""
 
-    judge: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.0, 8)))
+    judge: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.0, 32)))
     """The judge: scores each reply 1-5, seeing the full persona; `max_attempts` bounds the retries
-    of a score that does not parse (then it is recorded as missing, with the raw reply)."""
+    of a score that does not parse (then it is recorded as missing, with the raw reply). max_tokens
+    bounds a sampled (free-text) score, room for 'Sure! I'd rate this reply a 4 out of 5'; expected
+    scoring answers with one constrained token whatever it is."""
 
 
 class EvalPipelineConfig(StrictModel):
@@ -124,7 +128,12 @@ def eval_name_for(model: str) -> str:
 
 
 class EvalConfig(StrictModel):
-    """ALOE benchmark (no config: 4 seed benchmark personas x 10 turns, bundled model; the benchmark: --num_personas=100)."""
+    """ALOE benchmark: 100 held-out personas x 10 turns (without --config: 4 personas, a few minutes on a laptop)."""
+
+    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_personas": 4, "roles": {"model": {"sampling": {"max_tokens": 72}}}}
+    """Without a config file: 4 personas and short replies from the bundled model, a few minutes on
+    2 CPU cores. The field defaults (100 personas, 192-token replies) are the method's and apply to
+    every config file."""
 
     # The simulator talks to the model under test for `turns` turns per persona, the judge scores
     # every reply 1-5; AL(k), IR, N-AL, N-IR with bootstrap intervals are reported.
@@ -140,9 +149,9 @@ class EvalConfig(StrictModel):
     output: str = "./aloe-data"
     """Run root: a local folder, file:// or s3://bucket/prefix."""
 
-    num_personas: int | None = Field(default=4, ge=1)
-    """Personas to evaluate, a seeded selection of the source (default 4 for a quick local look;
-    the ALOE benchmark uses 100); null: all of them."""
+    num_personas: int | None = Field(default=100, ge=1)
+    """Personas to evaluate, a seeded selection of the source (the ALOE benchmark: 100); a source
+    with fewer is an error; null: all the source has."""
 
     turns: int = Field(default=10, ge=1, le=50)
     """Turns per conversation (one user message and one judged reply each)."""

@@ -7,13 +7,9 @@ and the side-by-side comparison of several evaluations.
 from __future__ import annotations
 
 import io
-import math
-import random
 from collections.abc import Sequence
 
-from aloe_ray.eval.metrics import Scores, summarize
-
-METRICS = ("AL", "IR", "R2", "N_AL", "N_IR", "N_R2")
+from aloe_ray.eval.metrics import bootstrap_intervals, summarize
 
 
 def scores_by_persona(turn_rows: Sequence[dict], turns: int) -> dict[str, list[float | None]]:
@@ -26,53 +22,42 @@ def scores_by_persona(turn_rows: Sequence[dict], turns: int) -> dict[str, list[f
     return scores
 
 
-def bootstrap_intervals(scores: Scores, *, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals (personas resampled with replacement) of every metric:
-    `<M>_CI` = [low, high] for IR, R2, N_IR, N_R2, and a list of [low, high] per turn for AL and
-    N_AL; None where fewer than two personas or no resample defines the value. Resamples are drawn
-    as `metrics.bootstrap_ci` draws them, once for all metrics."""
-    personas = list(scores)
-    if len(personas) < 2:
-        return {f"{m}_CI": None for m in METRICS}
-    rng = random.Random(seed)
-    draws = []
-    for _ in range(samples):
-        draws.append(summarize({f"{i}": scores[rng.choice(personas)] for i in range(len(personas))}))
-    out: dict = {}
-    for m in ("IR", "R2", "N_IR", "N_R2"):
-        out[f"{m}_CI"] = _interval([d[m] for d in draws], level)
-    turns = max(len(s) for s in scores.values())
-    for m in ("AL", "N_AL"):
-        out[f"{m}_CI"] = [_interval([d[m][k] for d in draws if k < len(d[m])], level) for k in range(turns)]
-    return out
-
-
-def _interval(values: list[float | None], level: float) -> list[float] | None:
-    got = sorted(v for v in values if v is not None)
-    if not got:
-        return None
-    lo = int(math.floor((1 - level) / 2 * (len(got) - 1)))
-    hi = int(math.ceil((1 + level) / 2 * (len(got) - 1)))
-    return [got[lo], got[hi]]
+def truncated_shares(turn_rows: Sequence[dict], turns: int) -> tuple[list[float | None], float | None]:
+    """Share of replies cut at the model's token limit (finish_reason 'length') per turn 1..turns
+    (None where the turn has no reply) and overall (None without replies)."""
+    per_turn: list[list[bool]] = [[] for _ in range(turns)]
+    for row in turn_rows:
+        if 1 <= row["turn"] <= turns:
+            per_turn[row["turn"] - 1].append(row.get("reply_finish_reason") == "length")
+    shares = [sum(cut) / len(cut) if cut else None for cut in per_turn]
+    every = [c for cut in per_turn for c in cut]
+    return shares, (sum(every) / len(every) if every else None)
 
 
 def build_report(turn_rows: Sequence[dict], rollout_rows: Sequence[dict], *, turns: int, meta: dict,
                  samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """report.json: the metrics over the 'ok' rollouts, their intervals, per-turn and per-persona
-    detail and missing-score counts. `meta` (name, run id, models, judge settings...) is kept."""
+    """report.json: the metrics over the 'ok' rollouts only (a failed rollout's turns are in the
+    turns table but never in a metric), their intervals, per-turn and per-persona detail,
+    missing-score counts and the share of replies cut at the token limit. `meta` (name, run id,
+    models, judge settings, personas requested and available...) is kept."""
     ok = {r["rollout_id"] for r in rollout_rows if r["status"] == "ok"}
     rows = [r for r in turn_rows if r["rollout_id"] in ok]
     scores = scores_by_persona(rows, turns)
     report = {**meta, **summarize(scores)}
     report.update(bootstrap_intervals(scores, samples=samples, seed=seed, level=level))
     missing_by_turn = [sum(1 for s in scores.values() if s[k] is None) for k in range(turns)]
+    cut_by_turn, cut = truncated_shares(rows, turns)
     report.update({
         "turns": turns,
         "personas": len(scores),
+        "personas_evaluated": len(scores),
         "rollouts_failed": sum(1 for r in rollout_rows if r["status"] != "ok"),
         "scores": sum(1 for s in scores.values() for v in s if v is not None),
         "scores_missing": sum(missing_by_turn),
         "scores_missing_by_turn": missing_by_turn,
+        "replies_truncated": sum(1 for r in rows if r.get("reply_finish_reason") == "length"),
+        "replies_truncated_share": cut,
+        "replies_truncated_share_by_turn": cut_by_turn,
         "ci_level": level,
         "bootstrap_samples": samples,
         "per_persona": sorted(
@@ -90,6 +75,19 @@ def _num(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def _requested(report: dict) -> str:
+    """'4 personas evaluated of 4 requested (100 available)': what was asked for next to what ran."""
+    asked = report.get("personas_requested", "?")
+    asked = "all" if asked is None else asked
+    available = report.get("personas_available")
+    tail = f" ({available} available)" if available is not None else ""
+    return f"{report['personas']} personas evaluated of {asked} requested{tail}"
+
+
 def _ci(ci: Sequence[float] | None, digits: int = 3) -> str:
     return "–" if not ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
@@ -103,20 +101,25 @@ def report_markdown(report: dict) -> str:
         f"Model under test `{report.get('models', {}).get('model', '?')}`, judge "
         f"`{report.get('models', {}).get('judge', '?')}` ({report.get('scoring', '?')} scoring, "
         f"{'with' if report.get('judge_history', True) else 'without'} history), simulator "
-        f"`{report.get('models', {}).get('simulator', '?')}`; {report['personas']} personas x "
+        f"`{report.get('models', {}).get('simulator', '?')}`; {_requested(report)} x "
         f"{report['turns']} turns; {report['scores_missing']} missing scores, "
-        f"{report['rollouts_failed']} failed rollouts. Intervals: {pct}% bootstrap over personas.",
+        f"{report['rollouts_failed']} failed rollouts (left out of every metric). Intervals: {pct}% "
+        "bootstrap over personas.",
+        "",
+        f"Replies cut at the token limit (finish_reason 'length'): {_pct(report.get('replies_truncated_share'))} "
+        f"({report.get('replies_truncated', 0)} replies).",
         "",
         "| metric | value | CI |",
         "|---|---|---|",
     ]
     for m in ("IR", "R2", "N_IR", "N_R2"):
         lines.append(f"| {m} | {_num(report[m])} | {_ci(report.get(f'{m}_CI'))} |")
-    lines += ["", "| turn k | AL(k) | AL CI | N-AL(k) | missing |", "|---|---|---|---|---|"]
+    lines += ["", "| turn k | AL(k) | AL CI | N-AL(k) | missing | cut |", "|---|---|---|---|---|---|"]
     al_ci = report.get("AL_CI") or [None] * len(report["AL"])
-    for k, (al, ci, nal, miss) in enumerate(zip(report["AL"], al_ci, report["N_AL"],
-                                                 report["scores_missing_by_turn"]), start=1):
-        lines.append(f"| {k} | {_num(al)} | {_ci(ci)} | {_num(nal)} | {miss} |")
+    cut = report.get("replies_truncated_share_by_turn") or [None] * len(report["AL"])
+    for k, (al, ci, nal, miss, c) in enumerate(zip(report["AL"], al_ci, report["N_AL"],
+                                                    report["scores_missing_by_turn"], cut), start=1):
+        lines.append(f"| {k} | {_num(al)} | {_ci(ci)} | {_num(nal)} | {miss} | {_pct(c)} |")
     lines += ["", "## Per persona", "", "| persona | mean score | IR | R2 | missing |", "|---|---|---|---|---|"]
     for p in report["per_persona"]:
         lines.append(f"| {p['persona_id']} | {_num(p['mean_score'])} | {_num(p['IR'])} | {_num(p['R2'])} "

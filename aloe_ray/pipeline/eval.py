@@ -30,7 +30,6 @@ from aloe_ray.personas.loaders import (
     seed_personas,
 )
 from aloe_ray.personas.model import Persona
-from aloe_ray.personas.seeds import SEED_PERSONALITIES
 from aloe_ray.pipeline.eval_output import EvalOutput, eval_root
 from aloe_ray.prompts.eval import EVAL_PROMPT_VERSION
 from aloe_ray.schema import EVAL_ROLLOUTS, EVAL_TURNS
@@ -41,11 +40,9 @@ def s3_options(cfg) -> S3Options:
     return S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
 
 
-def benchmark_personas(src: EvalPersonasConfig, num: int | None, s3: S3Options | None = None) -> list[Persona]:
-    """The candidates of the source (table rows of `split`; every JSONL profile x the first N
-    personalities; the seeds' benchmark split, every profile x every personality), distinct by
-    persona id, then the first `num` of a seeded shuffle (all of them, in order, when `num` is None
-    or covers them)."""
+def persona_candidates(src: EvalPersonasConfig, s3: S3Options | None = None) -> list[Persona]:
+    """Every persona the source offers, distinct by persona id, in source order: table rows of
+    `split`; every JSONL profile x the first N personalities; or the seeds' benchmark split."""
     if src.table:
         candidates = read_personas_table(src.table, split=src.split, s3=s3)
     elif src.profiles:
@@ -54,13 +51,37 @@ def benchmark_personas(src: EvalPersonasConfig, num: int | None, s3: S3Options |
         candidates = pair_personas(profiles, personalities, per_profile=len(personalities), seed=0,
                                    split="benchmark", source=src.profiles)
     else:
-        candidates = seed_personas(per_profile=len(SEED_PERSONALITIES), seed=0, split="benchmark")
-    unique = list({p.persona_id: p for p in candidates}.values())
-    if num is None or num >= len(unique):
-        return unique
-    order = list(range(len(unique)))
-    random.Random(src.selection_seed).shuffle(order)
-    return [unique[i] for i in sorted(order[:num])]
+        candidates = seed_personas(per_profile=1, seed=0, split="benchmark")  # the whole held-out cross product
+    return list({p.persona_id: p for p in candidates}.values())
+
+
+def select_personas(candidates: list[Persona], num: int | None, *, seed: int = 0,
+                    source: str = "the persona source") -> list[Persona]:
+    """The first `num` of a seeded shuffle, in source order (a larger count keeps a smaller
+    count's personas); all of them when `num` is None. Fewer candidates than `num` is a
+    ConfigError: a benchmark silently run on fewer personas than asked would not compare."""
+    if num is None:
+        return list(candidates)
+    if num > len(candidates):
+        fix = (f"set --num_personas={len(candidates)} or --num_personas=null (all of them), or use a larger source"
+               if candidates else "use a source that has personas")
+        raise ConfigError(f"num_personas is {num} but {source} has only {len(candidates)} distinct personas; {fix}")
+    order = list(range(len(candidates)))
+    random.Random(seed).shuffle(order)
+    return [candidates[i] for i in sorted(order[:num])]
+
+
+def _source_name(src: EvalPersonasConfig) -> str:
+    if src.table:
+        return f"personas table {src.table} (split {src.split!r})"
+    if src.profiles:
+        return f"{src.profiles} x {src.personalities}"
+    return "the built-in seeds' benchmark split"
+
+
+def benchmark_personas(src: EvalPersonasConfig, num: int | None, s3: S3Options | None = None) -> list[Persona]:
+    """The personas to evaluate: `select_personas` over `persona_candidates`."""
+    return select_personas(persona_candidates(src, s3), num, seed=src.selection_seed, source=_source_name(src))
 
 
 def rollout_settings(cfg: EvalConfig) -> dict:
@@ -133,7 +154,9 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     started = time.time()
     s3 = s3_options(cfg)
     # Bad input fails here, before Ray starts or any model loads.
-    personas = benchmark_personas(cfg.personas, cfg.num_personas, s3)
+    candidates = persona_candidates(cfg.personas, s3)
+    personas = select_personas(candidates, cfg.num_personas, seed=cfg.personas.selection_seed,
+                               source=_source_name(cfg.personas))
     specs = make_rollout_specs(cfg.run_id, cfg.eval_name, personas, seed=cfg.seed)
     for engine in cfg.used_engines().values():
         if engine.backend != EngineBackend.openai:
@@ -159,7 +182,8 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     models = {r: cfg.engines[getattr(cfg.roles, r).engine].model for r in ROLES}
     meta = {"name": cfg.eval_name, "run_id": cfg.run_id, "output": out.root, "models": models,
             "judge_history": cfg.judge.history, "scoring": cfg.judge.scoring.value,
-            "prompt_version": EVAL_PROMPT_VERSION}
+            "prompt_version": EVAL_PROMPT_VERSION, "personas_requested": cfg.num_personas,
+            "personas_available": len(candidates), "personas_selected": len(specs)}
     r = cfg.report
     report = build_report(turns, rollouts, turns=cfg.turns, meta=meta, samples=r.bootstrap_samples, seed=r.seed,
                           level=r.ci_level)
@@ -265,8 +289,10 @@ def _log_summary(report: dict, out: EvalOutput, log) -> None:
 
     al = ", ".join(fmt(v) for v in report["AL"])
     ci = report.get("IR_CI")
+    cut = report.get("replies_truncated_share")
     log(f"[aloe-ray] {report['name']}: {report['personas']} personas, {report['scores_missing']} missing scores, "
-        f"{report['rollouts_failed']} failed rollouts")
+        f"{report['rollouts_failed']} failed rollouts (left out of the metrics), "
+        f"{'–' if cut is None else f'{100 * cut:.0f}%'} of replies cut at max_tokens")
     log(f"[aloe-ray] AL(k) = [{al}]")
     log(f"[aloe-ray] IR {fmt(report['IR'])} (CI {'–' if not ci else f'{ci[0]:.3f}..{ci[1]:.3f}'}), "
         f"R2 {fmt(report['R2'])}, N-IR {fmt(report['N_IR'])}, N-R2 {fmt(report['N_R2'])}")
@@ -315,4 +341,4 @@ def compare_reports(paths: Sequence[str], output: str, *, labels: Sequence[str] 
     return table
 
 
-__all__ = ["PersonaFileError", "benchmark_personas", "compare_reports", "find_reports", "run_eval"]
+__all__ = ["PersonaFileError", "benchmark_personas", "persona_candidates", "select_personas", "compare_reports", "find_reports", "run_eval"]
