@@ -30,6 +30,13 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg.roles.simulator.sampling.max_tokens == 48  # role-specific default survives
 
 
+def test_text_fields_take_flags_as_typed():
+    cfg = load_config(GenerateTreesConfig, ["--run_id=20240101", "--personas.split=2024-05-01",
+                                            "--engines.default.model=123", "--num_trees=5"])
+    assert (cfg.run_id, cfg.personas.split, cfg.engines["default"].model) == ("20240101", "2024-05-01", "123")
+    assert cfg.num_trees == 5 and load_config(GenerateTreesConfig, ["--personas.split=null"]).personas.split is None
+
+
 def test_embedded_default_applies_only_without_a_config_file(tmp_path):
     quick = load_config(GenerateTreesConfig, [])
     assert (quick.num_trees, quick.tree.max_turns) == (8, 3)  # a few short trees on a laptop

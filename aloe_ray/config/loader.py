@@ -43,7 +43,9 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
     else:
         _merge(data, copy.deepcopy(embedded_default(cls)))
     for key, raw in overrides:
-        _set_path(data, key, _parse_value(raw))
+        # A text field takes the flag as typed: --run_id=20240101 stays '20240101', not an int.
+        text = _is_text_field(cls, key) and raw not in ("null", "~")
+        _set_path(data, key, raw if text else _parse_value(raw))
     return validate_config(cls, data, source=config_file)
 
 
@@ -169,6 +171,32 @@ def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
+
+
+def _is_text_field(cls: type[BaseModel], dotted: str) -> bool:
+    """Whether the field at `dotted` is a str (or optional str) field; dict-of-model levels (like
+    engines.NAME) take one key part."""
+    model: Any = cls
+    parts = dotted.split(".")
+    i = 0
+    while i < len(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        field = model.model_fields.get(parts[i])
+        if field is None:
+            return False
+        annotation = field.annotation
+        if i == len(parts) - 1:
+            args = set(typing.get_args(annotation)) - {type(None)}
+            return annotation is str or (bool(args) and args == {str})
+        sub = _model_in(annotation)
+        if sub is None:
+            return False
+        if typing.get_origin(annotation) is dict:
+            i += 1  # the entry's name
+        model = sub
+        i += 1
+    return False
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
