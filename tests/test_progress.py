@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import time
 
-from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
+from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
 
 
-def test_board_counts_started_trees_and_turns():
+def test_board_counts_started_trees_and_live_turns_once():
     board = ProgressBoard()
     for tree in ("t1", "t2", "t1"):
         board.tree_started(tree)
     board.turn_done("t1", 1)
+    board.turn_done("t1", 2)
     board.turn_done("t2", 1)
-    assert board.snapshot() == {"started": 2, "turns": 2}
+    board.turn_done("t2", 1)  # a retried batch grows the same tree again: not counted twice
+    assert board.snapshot() == {"started": 2, "finished": 0, "turns": 3}
+    board.tree_finished("t1")
+    assert board.snapshot() == {"started": 2, "finished": 1, "turns": 1}
+
+
+def test_token_counter_survives_actor_restarts():
+    counter = TokenCounter(2)
+    assert counter.update([100, 50]) == 0  # served before this run
+    assert counter.update([130, 60]) == 40
+    assert counter.update([5, 70]) == 30 + 5 + 20  # actor 0 restarted at 0: its 30 are kept
+    assert counter.update([15, 70]) == 30 + 15 + 20
 
 
 def test_heartbeat_line_shows_in_flight_turns_tokens_and_eta():
     lines: list[str] = []
     progress = Progress(total=10, already_done=2, to_grow=8, max_turns=3, interval_s=3600, log=lines.append)
     progress.started -= 100  # pretend 100 s have passed
-    progress.observe(started=4, turns=6, engine_tokens=500)
+    progress.observe(started=4, finished=0, turns=6, engine_tokens=500)
     progress.report()
     line = lines[-1]
     assert "done 2/10" in line and "in flight 4" in line and "turns 6/24" in line

@@ -73,7 +73,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
 
     from aloe_ray.engines.pool import EnginePool, start_engine_pools
     from aloe_ray.pipeline.grower import TreeGrower
-    from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
+    from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
 
     if not ray.is_initialized():
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
@@ -102,23 +102,22 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     engine_pools = [pool for pool in pools.values() if isinstance(pool, EnginePool)]
     all_local = len(engine_pools) == len(pools)  # openai pools count no tokens: use committed trees'
 
+    handles = [h for pool in engine_pools for h in pool.handles]
+    served = TokenCounter(len(handles))
+
     def poll() -> dict:
         snapshot = ray.get(board.snapshot.remote(), timeout=30)
         tokens = None
         if all_local:
-            stats = ray.get([h.stats.remote() for pool in engine_pools for h in pool.handles], timeout=30)
-            tokens = sum(s.get("served_tokens", 0) for s in stats)
+            stats = ray.get([h.stats.remote() for h in handles], timeout=30)
+            tokens = served.update([s.get("served_tokens", 0) for s in stats])
         return {**snapshot, "engine_tokens": tokens}
 
-    baseline = poll()["engine_tokens"] or 0  # engines of a resumed run may have served before
-
-    def poll_since_start() -> dict:
-        live = poll()
-        if live["engine_tokens"] is not None:
-            live["engine_tokens"] -= baseline
-        return live
-
-    heartbeat = Heartbeat(progress, poll_since_start)
+    try:
+        poll()  # the engines' token counters at the start (a resumed run's engines served before)
+    except Exception as exc:  # noqa: BLE001 - progress must never break the run
+        log(f"[trees] (progress poll failed: {type(exc).__name__}: {exc})")
+    heartbeat = Heartbeat(progress, poll)
     with heartbeat:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             progress.update(batch.to_pylist())

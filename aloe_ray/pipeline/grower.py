@@ -52,5 +52,7 @@ class TreeGrower:
         if self.board is None:
             return await grow_tree(spec, self.roles, self.shape)
         self.board.tree_started.remote(spec.tree_id)
-        return await grow_tree(spec, self.roles, self.shape,
-                               on_turn=lambda turn: self.board.turn_done.remote(spec.tree_id, turn))
+        result = await grow_tree(spec, self.roles, self.shape,
+                                 on_turn=lambda turn: self.board.turn_done.remote(spec.tree_id, turn))
+        self.board.tree_finished.remote(spec.tree_id)
+        return result

@@ -18,17 +18,23 @@ class ProgressBoard:
     """Live counters shared by every grower; used as a Ray actor (`ray.remote(ProgressBoard)`)."""
 
     def __init__(self) -> None:
-        self.started: set[str] = set()
-        self.turns = 0
+        self.turns: dict[str, int] = {}  # deepest completed turn per started tree (a retried batch
+        self.finished: set[str] = set()   # grows the same trees again: counted once)
 
     def tree_started(self, tree_id: str) -> None:
-        self.started.add(tree_id)
+        self.turns.setdefault(tree_id, 0)
 
     def turn_done(self, tree_id: str, turn: int) -> None:
-        self.turns += 1
+        self.turns[tree_id] = max(self.turns.get(tree_id, 0), turn)
+
+    def tree_finished(self, tree_id: str) -> None:
+        self.finished.add(tree_id)
 
     def snapshot(self) -> dict:
-        return {"started": len(self.started), "turns": self.turns}
+        """Trees started, trees finished (grown, maybe not yet committed), and the completed
+        turns of trees still growing."""
+        live = sum(t for tree, t in self.turns.items() if tree not in self.finished)
+        return {"started": len(self.turns), "finished": len(self.finished), "turns": live}
 
 
 class Progress:
@@ -37,7 +43,7 @@ class Progress:
         self.total, self.already_done, self.to_grow = total, already_done, to_grow
         self.max_turns, self.interval_s, self.log = max_turns, interval_s, log
         self.ok = self.failed = self.tokens = 0
-        self.started_trees = self.turns = 0
+        self.started_trees = self.finished_trees = self.turns = 0
         self.engine_tokens: int | None = None
         self.failures: list[tuple[str, str]] = []
         self.started = self._last = time.monotonic()
@@ -56,13 +62,15 @@ class Progress:
         if time.monotonic() - self._last >= self.interval_s:
             self.report()
 
-    def observe(self, *, started: int, turns: int, engine_tokens: int | None) -> None:
-        """Live counters from the heartbeat (trees started, turns completed, engine tokens)."""
+    def observe(self, *, started: int, turns: int, engine_tokens: int | None, finished: int = 0) -> None:
+        """Live counters from the heartbeat: trees started and finished, completed turns of the
+        trees still growing, engine tokens."""
         with self._lock:
             self.started_trees = max(self.started_trees, started)
-            self.turns = max(self.turns, turns)
+            self.finished_trees = max(self.finished_trees, finished)
+            self.turns = turns
             if engine_tokens is not None:
-                self.engine_tokens = engine_tokens
+                self.engine_tokens = max(engine_tokens, self.engine_tokens or 0)
 
     @property
     def remaining(self) -> int:
@@ -73,10 +81,12 @@ class Progress:
             now = time.monotonic()
             elapsed = max(now - self.started, 1e-9)
             finished = self.ok + self.failed
-            in_flight = max(min(self.started_trees, self.to_grow) - finished, 0)
-            # Work is measured in turns: every finished tree counts as all its turns.
+            grown = max(finished, self.finished_trees)
+            in_flight = max(min(self.started_trees, self.to_grow) - grown, 0)
+            # Work is measured in turns: a finished tree counts as all its turns (even one that
+            # ended early), a growing tree as the turns it has completed.
             turns_total = self.to_grow * self.max_turns
-            turns_done = min(max(self.turns, finished * self.max_turns), turns_total)
+            turns_done = min(grown * self.max_turns + self.turns, turns_total)
             rate = turns_done / elapsed
             eta = f"{(turns_total - turns_done) / rate:.0f}s" if rate > 0 else "?"
             tokens = self.engine_tokens if self.engine_tokens is not None else self.tokens
@@ -89,6 +99,27 @@ class Progress:
     def report(self) -> None:
         self._last = time.monotonic()
         self.log(self.line())
+
+
+class TokenCounter:
+    """Tokens served this run from per-actor counters that restart at 0 when an actor restarts:
+    a counter that goes down has restarted, and what it had counted is kept."""
+
+    def __init__(self, actors: int) -> None:
+        self.first: list[int] | None = None
+        self.last = [0] * actors
+        self.carried = 0
+
+    def update(self, counts: list[int]) -> int:
+        if self.first is None:  # engines of a resumed run may have served before this run
+            self.first, self.last = list(counts), list(counts)
+            return 0
+        for i, (before, now) in enumerate(zip(self.last, counts)):
+            if now < before:
+                self.carried += before - self.first[i]
+                self.first[i] = 0
+        self.last = list(counts)
+        return self.carried + sum(now - first for now, first in zip(counts, self.first))
 
 
 class Heartbeat:
