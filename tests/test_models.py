@@ -74,3 +74,9 @@ def test_s3_prefix_is_downloaded_once_and_loads(s3_bucket, s3_env, tmp_path, mon
     assert out.completion_tokens >= 1
     with pytest.raises(ModelNotFoundError, match="no config.json under"):
         resolve_model(f"s3://{s3_bucket}/models/empty")
+    # the folder rewritten in place (a training job rerun): fetched again, not served stale
+    from aloe_ray import storage
+
+    storage.write_text(f"s3://{s3_bucket}/models/tiny/generation_config.json", '{"max_length": 77}')
+    fresh = resolve_model(f"s3://{s3_bucket}/models/tiny")
+    assert fresh != local and '"max_length": 77' in Path(fresh, "generation_config.json").read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -91,13 +92,18 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _download(uri: str, s3: S3Options | None) -> str:
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    """A local copy of a remote model folder, cached by URI *and* content listing (names, sizes,
+    modification times), so a model rewritten in place (a rerun of a training job) is fetched again."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem_for(uri, s3)
+    listing = sorted((f.path, f.size, f.mtime_ns) for f in fs.get_file_info(pafs.FileSelector(path, recursive=True,
+                                                                                             allow_not_found=True))
+                     if f.type == pafs.FileType.File)
+    key = hashlib.sha256(f"{uri}\x00{listing}".encode()).hexdigest()[:16]
     target = cache_dir() / f"remote-{key}"
 
     def fetch(tmp: Path) -> None:
-        import pyarrow.fs as pafs
-
-        fs, path = filesystem_for(uri, s3)
         if fs.get_file_info(f"{path}/config.json").type != pafs.FileType.File:
             raise ModelNotFoundError(f"no config.json under {uri}: not a Hugging Face model folder")
         pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
@@ -142,5 +148,7 @@ def resolve_adapter(base_folder: str, adapter: str, s3: S3Options | None = None)
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), adapter_dir)
         model.merge_and_unload().save_pretrained(tmp)
         AutoTokenizer.from_pretrained(base_folder).save_pretrained(tmp)
+        trained_on = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        (tmp / "aloe_adapter_base.txt").write_text(str(trained_on or ""))
 
     return str(_once(cache_dir() / f"merged-{key}", merge))
