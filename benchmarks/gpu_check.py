@@ -3,7 +3,8 @@
 Exercises the real GPU paths and prints what held:
   1. the vllm engine backend in-process (generation, per-request seeds, constrained judge);
   2. the tree job with every role on a vllm engine actor (num_gpus=1), a few short trees;
-  3. jobs/train_sft on those trees: Ray Train with use_gpu=True (nccl), LoRA, bf16, a few steps;
+  3. jobs/train_sft on those trees: Ray Train with use_gpu=True, LoRA, bf16, a few steps (DDP
+     over nccl with 2 workers when 2+ GPUs are visible; a single rank otherwise);
   4. jobs/train_dpo from the SFT output, likewise;
   5. the DPO model's merged folder loads and generates in the vllm engine.
 
@@ -71,14 +72,15 @@ def main() -> None:
     from aloe_ray.pipeline.train import run_training
 
     gpu_train = [f"--output={out}", "--run_id=gpu-check", f"--data.trees={out}/gpu-check",
-                 f"--model={args.model}", "--scaling.use_gpu=true", "--scaling.num_workers=1",
+                 f"--model={args.model}", "--scaling.use_gpu=true",
+                 f"--scaling.num_workers={min(torch.cuda.device_count(), 2)}",
                  f"--optim.max_steps={args.steps}", f"--optim.save_steps={args.steps}", "--optim.learning_rate=5e-4"]
     t = time.monotonic()
     sft = run_training(load_config(TrainSFTConfig, gpu_train), "sft")
     m = sft["metrics"]
     held["sft"] = m.get("loss") is not None and m["step"] == args.steps
     print(f"[3] SFT on GPU: {time.monotonic() - t:.0f}s, loss {m.get('first_loss')} -> {m.get('loss')}, "
-          f"{m.get('tokens_per_second')} tok/s, model {sft['model']['merged']}")
+          f"{m.get('train_tokens_per_second')} tok/s, model {sft['model']['merged']}")
     t = time.monotonic()
     dpo = run_training(load_config(TrainDPOConfig, [*gpu_train, f"--from_sft={out}/gpu-check"]), "dpo")
     m = dpo["metrics"]

@@ -81,7 +81,8 @@ def test_sft_trains_lora_on_two_workers_resumes_after_a_crash_and_exports(sft_ru
     assert steps == [1, 2, 3, 4, 5, 6]  # every step once: resumed, not restarted or repeated
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0]  # a tiny fixed set: the loss goes down
-    assert all(h.get("tokens_per_second", 0) > 0 for h in history if "loss" in h)
+    assert all(h.get("train_tokens_per_second", 0) > 0 for h in history if "loss" in h)
+    assert meta(root, "train_sft", "manifest.json")["preflight"]["checked"] == 4
     assert list((root / "checkpoints" / "sft").glob("checkpoint_*/checkpoint/trainer_state.json"))  # metrics saved with it
     # LoRA B matrices start at zero: training moved them
     from safetensors.torch import load_file

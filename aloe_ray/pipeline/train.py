@@ -89,6 +89,51 @@ def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
     return table
 
 
+def load_tokenizer(model: str, s3: S3Options):
+    """The tokenizer of a model spec, without downloading a remote model's weights."""
+    from transformers import AutoTokenizer
+
+    from aloe_ray.engines.models import resolve_model
+    from aloe_ray.train.export import TOKENIZER_FILES
+
+    if storage.is_local(model) or "://" not in model:
+        return AutoTokenizer.from_pretrained(resolve_model(model, s3))
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="aloe-tokenizer-")
+    for name in (*TOKENIZER_FILES, "config.json"):
+        uri = storage.join(model, name)
+        if storage.exists(uri, s3):
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(storage.read_bytes(uri, s3))
+    return AutoTokenizer.from_pretrained(tmp)
+
+
+def check_lengths(tokenizer, table: pa.Table, task: str, max_length: int, sample: int = 1000) -> dict:
+    """Tokenize (a sample of) the rows as the workers will, before any worker starts: a chat
+    template that cannot give per-turn masks fails here, and rows that `max_length` cuts are
+    counted (their late turns are the ones ALOE measures)."""
+    from aloe_ray.train.tokenize import tokenize_conversation
+
+    rows = table.slice(0, sample).to_pylist()
+    lengths, cut, dropped = [], 0, 0
+    for r in rows:
+        if task == "sft":
+            out = tokenize_conversation(tokenizer, r["messages"], r["assistant_targets"], max_length=max_length)
+            lengths.append(out["length"])
+            cut += out["targets_cut"]
+        else:
+            prompt = len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                                       return_dict=True)["input_ids"])
+            longest = max(len(tokenizer.apply_chat_template(r["prompt"] + r[k], tokenize=True,
+                                                             return_dict=True)["input_ids"]) for k in ("chosen", "rejected"))
+            lengths.append(longest)
+            dropped += prompt >= max_length
+    over = sum(1 for n in lengths if n > max_length)
+    return {"checked": len(rows), "max_length": max_length, "longest": max(lengths, default=0),
+            "over_max_length": over, "targets_cut": cut, "pairs_dropped": dropped}
+
+
 def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[[str], None] = print) -> dict:
     started = time.time()
     s3 = s3_options(cfg)
@@ -104,6 +149,13 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     storage.write_text(storage.join(meta, "config.yaml"), save_config(cfg), s3)
     table_uri = storage.join(root, task, "part-0.parquet")
     storage.write_parquet(table_uri, table, s3)
+    preflight = check_lengths(load_tokenizer(model, s3), table, task, cfg.optim.max_length)
+    if preflight["over_max_length"]:
+        log(f"[aloe-ray] warning: {preflight['over_max_length']} of {preflight['checked']} checked rows exceed "
+            f"optim.max_length={cfg.optim.max_length} (longest {preflight['longest']} tokens): "
+            + (f"{preflight['targets_cut']} assistant turns lose their loss" if task == "sft" else
+               f"{preflight['pairs_dropped']} pairs lose their whole reply (TRL drops them), the rest are cut")
+            + "; raise optim.max_length to keep late turns")
     log(f"[aloe-ray] {task} run {cfg.run_id}: {table.num_rows} rows -> {storage.join(root, task)}; "
         f"model {model} ({'LoRA r=%d' % cfg.lora.r if cfg.lora.enabled else 'full fine-tuning'}), "
         f"{cfg.scaling.num_workers} worker(s){' with GPUs' if cfg.scaling.use_gpu else ' on CPU'}")
@@ -117,6 +169,11 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
 
     if not ray.is_initialized():
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace, log_to_driver=True)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and storage.is_local(root) and not os.environ.get("ALOE_SHARED_FS"):
+        raise TreeDataError(f"output {cfg.output} is a local path but the cluster has {len(nodes)} nodes: workers on "
+                            "other nodes could not read the rows or share checkpoints. Use s3://... (or set "
+                            "ALOE_SHARED_FS=1 if the path is on a filesystem every node mounts)")
     fs, path = storage.filesystem_for(storage.join(root, "checkpoints"), s3)
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
@@ -151,7 +208,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     storage.write_text(storage.join(meta, "metrics.json"), json.dumps(metrics, indent=2), s3)
     manifest = {
         "run_id": cfg.run_id, "job": f"train_{task}", "output": root, "base_model": model,
-        "rows": table.num_rows, "model": written, "checkpoint": result.checkpoint.path,
+        "rows": table.num_rows, "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
         "metrics": metrics["final"],
         "timing": {"wall_s": time.time() - started, "train_s": train_s},
         "packages": _versions(), "config": cfg.model_dump(mode="json"),
@@ -187,7 +244,7 @@ def _final(history: list[dict], reported: dict | None) -> dict:
         final.update(entry)
     final.update(reported or {})
     keep = ("loss", "train_loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected",
-            "tokens_per_second", "num_input_tokens_seen", "epoch", "step", "train_runtime")
+            "train_tokens_per_second", "num_input_tokens_seen", "epoch", "step", "train_runtime")
     out = {k: final[k] for k in keep if k in final}
     losses = [e["loss"] for e in history if "loss" in e]
     if losses:

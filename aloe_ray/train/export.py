@@ -25,7 +25,6 @@ def export_model(checkpoint, *, base_model: str, lora: bool, merged_dest: str, a
                  s3: S3Options) -> dict:
     """Write the adapter (LoRA) and the merged model from a Ray Train checkpoint made by
     `RayTrainReportCallback`; returns the written URIs. Runs as a Ray task next to the data."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aloe_ray.engines.models import resolve_model
@@ -48,12 +47,13 @@ def export_model(checkpoint, *, base_model: str, lora: bool, merged_dest: str, a
             (adapter / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(resolve_model(base_model, s3), dtype=torch.float32)
+            # Merge in the base's own dtype: an 8B bf16 base stays a 16 GB folder, not 32 GB.
+            base = AutoModelForCausalLM.from_pretrained(resolve_model(base_model, s3), dtype="auto")
             model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             written["adapter"] = adapter_dest
             upload_dir(adapter, written["adapter"], s3)
         else:
-            model = AutoModelForCausalLM.from_pretrained(ckpt)
+            model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="auto")
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
         written["merged"] = merged_dest

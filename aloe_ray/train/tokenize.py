@@ -33,11 +33,27 @@ def tokenize_conversation(tokenizer, messages: Sequence[dict], targets: Sequence
     full = _ids(tokenizer, messages, add_generation_prompt=False)
     mask = [0] * len(full)
     for i, target in zip(assistants, targets):
-        start = len(_ids(tokenizer, messages[:i], add_generation_prompt=True))
+        prompt = _ids(tokenizer, messages[:i], add_generation_prompt=True)
         upto = _ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if full[: len(upto)] != upto or upto[:start] != full[:start]:
+        # The reply's tokens are what rendering it adds after the generation prompt: that needs the
+        # prompt (history + assistant header) to be a prefix of the rendered reply, and that to be a
+        # prefix of the whole conversation.
+        if upto[: len(prompt)] != prompt or full[: len(upto)] != upto:
             raise TemplateError("the chat template does not render a conversation's prefix as a prefix of the "
                                 "whole; per-turn loss masks cannot be derived for this model")
         if target:
-            mask[start:len(upto)] = [1] * (len(upto) - start)
-    return {"input_ids": full[:max_length], "assistant_masks": mask[:max_length]}
+            mask[len(prompt):len(upto)] = [1] * (len(upto) - len(prompt))
+    return {"input_ids": full[:max_length], "assistant_masks": mask[:max_length],
+            "length": len(full), "targets_cut": _targets_cut(mask, max_length)}
+
+
+def _targets_cut(mask: list[int], max_length: int) -> int:
+    """Assistant targets (runs of 1s) that lose tokens to truncation at `max_length`."""
+    runs, inside = [], False
+    for i, bit in enumerate(mask):
+        if bit and not inside:
+            runs.append([i, i])
+        if bit:
+            runs[-1][1] = i
+        inside = bool(bit)
+    return sum(1 for _, end in runs if end >= max_length)

@@ -8,8 +8,8 @@ nccl on GPU), which Hugging Face's Trainer picks up for DDP.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-import time
 
 from transformers import TrainerCallback
 
@@ -17,7 +17,15 @@ TASKS = ("sft", "dpo")
 
 
 def train_loop(config: dict) -> None:
-    """`config` is `TrainerSpec.to_loop_config()`: plain values, picklable."""
+    """`config` is `aloe_ray.pipeline.train._loop_config(...)`: plain values, picklable."""
+    out_dir = tempfile.mkdtemp(prefix=f"aloe-{config['task']}-")
+    try:
+        _train(config, out_dir)
+    finally:  # the Hugging Face checkpoints here were copied to Ray Train's storage already
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(config: dict, out_dir: str) -> None:
     import ray.train
     import torch
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
@@ -34,12 +42,15 @@ def train_loop(config: dict) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     use_gpu = config["use_gpu"]
     bf16 = config["bf16"] if config["bf16"] is not None else use_gpu
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    # LoRA: the frozen base may sit in bf16 (PEFT keeps the adapter in fp32). Full fine-tuning
+    # keeps fp32 master weights and lets bf16=True run the forward/backward in autocast: pure bf16
+    # weights would round most updates at lr 1e-5 away.
+    lora = config["lora"]["enabled"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 and lora else torch.float32)
 
     table = read_parquet(config["table"], s3)
     rows = table.to_pylist()
-    peft_config = _peft_config(config["lora"]) if config["lora"]["enabled"] else None
-    out_dir = tempfile.mkdtemp(prefix=f"aloe-{task}-")
+    peft_config = _peft_config(config["lora"]) if lora else None
     common = dict(
         output_dir=out_dir,
         learning_rate=config["learning_rate"],
@@ -60,7 +71,7 @@ def train_loop(config: dict) -> None:
         use_cpu=not use_gpu,
         report_to="none",
         disable_tqdm=True,  # plain metric lines (loss, rewards...) in the worker logs
-        include_num_input_tokens_seen="all",
+        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
@@ -72,7 +83,9 @@ def train_loop(config: dict) -> None:
         from aloe_ray.train.tokenize import tokenize_conversation
 
         data = Dataset.from_list([
-            tokenize_conversation(tokenizer, r["messages"], r["assistant_targets"], max_length=config["max_length"])
+            {k: v for k, v in tokenize_conversation(tokenizer, r["messages"], r["assistant_targets"],
+                                                    max_length=config["max_length"]).items()
+             if k in ("input_ids", "assistant_masks")}
             for r in rows
         ])
         trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=data, processing_class=tokenizer,
@@ -91,7 +104,6 @@ def train_loop(config: dict) -> None:
     else:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
 
-    trainer.add_callback(_Throughput())
     if config.get("fault"):
         trainer.add_callback(_CrashOnce(config["fault"]))
     trainer.add_callback(RayTrainReportCallback())
@@ -121,22 +133,6 @@ def _peft_config(lora: dict):
 
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                       target_modules=lora["target_modules"], task_type="CAUSAL_LM")
-
-
-class _Throughput(TrainerCallback):
-    """Adds `tokens_per_second` (input tokens seen, all workers) to every logged metrics line,
-    so it shows in the logs, in `trainer_state.json` inside each checkpoint and in Ray's metrics."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.tokens0 = time.monotonic(), state.num_input_tokens_seen or 0
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        elapsed = time.monotonic() - self.started
-        seen = (state.num_input_tokens_seen or 0) - self.tokens0
-        if logs is not None and elapsed > 0 and state.log_history:
-            rate = round(seen / elapsed, 2)
-            logs["tokens_per_second"] = rate
-            state.log_history[-1]["tokens_per_second"] = rate
 
 
 class _CrashOnce(TrainerCallback):
