@@ -12,6 +12,7 @@ base model or an adapter either way.
 import asyncio
 import hmac
 import json
+import logging
 import os
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,13 @@ from serving.config import ServeArgs, ServeBackend
 from serving.openai_api import APIError, ChatCompletionRequest, completion_body, stream_chunks
 
 api = FastAPI(title="aloe-ray", docs_url=None, redoc_url=None)
+
+
+def adapter_base(merged_folder: str) -> str | None:
+    """The base a merged adapter folder records (resolve_adapter copies adapter_config.json's
+    `base_model_name_or_path` into `aloe_adapter_base.txt`), if known."""
+    path = os.path.join(merged_folder, "aloe_adapter_base.txt")
+    return open(path).read().strip() if os.path.exists(path) else None
 
 
 @serve.deployment
@@ -41,7 +49,13 @@ class ChatServer:
                 raise RuntimeError(f"api_key_env names {self.args.api_key_env}, which is not set in the replica")
         base = resolve_model(self.args.model)
         folders = {self.args.name: base}
-        folders.update({a.name: resolve_adapter(base, a.path) for a in self.args.adapters})
+        for a in self.args.adapters:
+            folders[a.name] = resolve_adapter(base, a.path)
+            trained_on = adapter_base(folders[a.name])
+            if trained_on and trained_on not in (self.args.model, os.path.abspath(self.args.model)):
+                logging.getLogger("ray.serve").warning(
+                    "adapter %s was trained on %s but is served on %s: its replies come from a model it "
+                    "was not trained for", a.name, trained_on, self.args.model)
         self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size)
                         for name, path in folders.items()}
 
