@@ -52,8 +52,9 @@ class OptimSettings(StrictModel):
 
     per_device_batch_size: int = Field(default=2, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    max_length: int = Field(default=1024, ge=16)
-    """Token limit per example (longer ones are truncated)."""
+    max_length: int = Field(default=2048, ge=16)
+    """Token limit per example: longer conversations lose their last turns' loss, DPO pairs
+    whose prompt fills it are dropped (the job counts both before training starts)."""
 
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
