@@ -28,7 +28,7 @@ SMALL = [
     "--profiles.new_per_request=4", "--personalities.new_per_request=4",
     "--profiles.min_acceptance_rate=0", "--personalities.min_acceptance_rate=0",
     "--profiles.min_words=8", "--personalities.min_words=8",
-    "--generator.sampling.max_tokens=96",
+    "--profiles.tokens_per_item=20", "--personalities.tokens_per_item=20",  # 4 x 20 + 64 = 144 tokens a request
     "--benchmark.profiles=3", "--benchmark.personalities=2", "--pairing.per_profile=3",
 ]
 
@@ -168,6 +168,44 @@ def test_reference_jsonl_seeds_and_benchmark_files(tmp_path):
     assert all(p["source"] == "benchmark-file/benchmark-file" for p in bench)
 
 
+def test_requests_have_room_for_every_member_they_ask_for():
+    """Each request's max_tokens comes from its m: m members of ~100 (profile) or ~70 (personality)
+    tokens fit, so `asked` in the stats is what a reply can hold."""
+    import asyncio
+
+    import pyarrow as pa
+
+    from aloe_ray.config import GeneratePersonasConfig, load_config
+    from aloe_ray.engines.base import Completion
+    from aloe_ray.personas.filters import CandidateFilter
+    from aloe_ray.pipeline.persona_stages import MemberWriter
+
+    cfg = GeneratePersonasConfig()
+    assert (cfg.profiles.new_per_request, cfg.personalities.new_per_request) == (5, 5)
+    assert (cfg.profiles.request_max_tokens(), cfg.personalities.request_max_tokens()) == (564, 414)
+    big = load_config(GeneratePersonasConfig, ["--profiles.new_per_request=20", "--personalities.new_per_request=20"])
+    assert (big.profiles.request_max_tokens(), big.personalities.request_max_tokens()) == (2064, 1464)
+
+    seen = []
+
+    class Recorder:
+        async def chat(self, requests, affinity=None):
+            seen.extend(requests)
+            return [Completion("1. She is 40.", "stop", 10, 5) for _ in requests]
+
+    writer = MemberWriter(Recorder(), cfg.generator, {k: CandidateFilter(min_words=1) for k in ("profile", "personality")},
+                          {"profile": 564, "personality": 414})
+    rows = [{"kind": kind, "round": 1, "index": i, "seed": 7, "examples": ["x"], "new": 5}
+            for i, kind in enumerate(("profile", "personality"))]
+
+    async def run():
+        return [b async for b in writer(pa.Table.from_pylist(rows))]
+
+    out = asyncio.run(run())[0]
+    assert [r.sampling.max_tokens for r in seen] == [564, 414] and out["cand_text"] == [["She is 40."]] * 2
+    assert "Write 5 new profiles" in seen[0].messages[0]["content"]
+
+
 def test_bad_input_fails_before_anything_loads(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "jobs"))
     try:
@@ -186,6 +224,9 @@ def test_bad_input_fails_before_anything_loads(tmp_path, capsys):
         (["--profiles.min_words=50", "--profiles.max_words=10"], "min_words (50) is above max_words (10)"),
         (["--profiles.examples_per_requset=3"], "did you mean 'examples_per_request'"),
         (["--generator.engine=big"], "generator.engine is 'big', but engines has only ['default']"),
+        (["--generator.sampling.max_tokens=384", "--profiles.new_per_request=20", "--profiles.tokens_per_item=100"],
+         "profiles.new_per_request=20 x profiles.tokens_per_item=100 needs 2064 tokens per request, above "
+         "generator.sampling.max_tokens=384"),
         (["--embedding.model=/nonexistent/minilm"], "embedding model '/nonexistent/minilm' is neither bundled"),
         (["--engines.default.model=/nonexistent/llm"], "neither a bundled model"),
         (["--seeds.table=/nonexistent/personas"], "personas table not found"),

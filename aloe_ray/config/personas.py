@@ -13,6 +13,10 @@ from aloe_ray.config.engines import EngineConfig, RoleConfig, SamplingConfig
 from aloe_ray.config.generate import _new_run_id
 
 
+REPLY_OVERHEAD_TOKENS = 64
+"""Tokens a generation request allows beyond its items (a preamble, list markers)."""
+
+
 class PoolSeedsConfig(StrictModel):
     """What the pool starts from (round 0). Nothing set: the training part of the built-in seeds
     (the first 20 profiles and 15 personalities, the project's own); their held-out 20 x 5, the
@@ -49,8 +53,13 @@ class PoolKindConfig(StrictModel):
     examples_per_request: int = Field(default=5, ge=1, le=50)
     """k: random pool members shown as examples in each request."""
 
-    new_per_request: int = Field(default=20, ge=1, le=100)
-    """m: new members each request asks for."""
+    new_per_request: int = Field(default=5, ge=1, le=100)
+    """m: new members each request asks for (reference: 20; the embedded default asks 5 to keep a
+    2-core run short). The request's max_tokens is derived from it (`tokens_per_item`)."""
+
+    tokens_per_item: int = Field(default=100, ge=8)
+    """Token budget per asked member: a request may write m x this + 64 (a preamble) tokens, so m
+    items fit. ~60-word profiles take ~100 tokens, personalities ~70."""
 
     requests_per_round: int = Field(default=4, ge=1)
     """Generation requests per round (each asks for `new_per_request`)."""
@@ -67,6 +76,10 @@ class PoolKindConfig(StrictModel):
 
     max_words: int = Field(default=160, ge=1)
     """Longer candidates are rejected ('too_long')."""
+
+    def request_max_tokens(self) -> int:
+        """max_tokens of one generation request: room for all m asked members."""
+        return self.new_per_request * self.tokens_per_item + REPLY_OVERHEAD_TOKENS
 
     @model_validator(mode="after")
     def _bounds(self) -> PoolKindConfig:
@@ -145,8 +158,8 @@ class PersonaPipelineConfig(StrictModel):
     """CPUs Ray reserves per generator actor."""
 
 
-def _kind(target: int) -> PoolKindConfig:
-    return PoolKindConfig(target_size=target)
+def _kind(target: int, tokens_per_item: int) -> PoolKindConfig:
+    return PoolKindConfig(target_size=target, tokens_per_item=tokens_per_item)
 
 
 class GeneratePersonasConfig(StrictModel):
@@ -166,10 +179,10 @@ class GeneratePersonasConfig(StrictModel):
     seeds: PoolSeedsConfig = Field(default_factory=PoolSeedsConfig)
     """Round 0 of the pool."""
 
-    profiles: PoolKindConfig = Field(default_factory=lambda: _kind(331))
+    profiles: PoolKindConfig = Field(default_factory=lambda: _kind(331, 100))
     """Generation rounds of profiles (objective facts)."""
 
-    personalities: PoolKindConfig = Field(default_factory=lambda: _kind(71))
+    personalities: PoolKindConfig = Field(default_factory=lambda: _kind(71, 70))
     """Generation rounds of personalities (traits and conversational style)."""
 
     similarity_threshold: float = Field(default=0.6, ge=-1, le=1)
@@ -186,8 +199,10 @@ class GeneratePersonasConfig(StrictModel):
     """How training personas are paired."""
 
     generator: RoleConfig = Field(default_factory=lambda: RoleConfig(
-        sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=384)))
-    """The model role that writes new pool members; names its engine pool."""
+        sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=4096)))
+    """The model role that writes new pool members; names its engine pool. Its `sampling.max_tokens`
+    is a ceiling: each request asks for `new_per_request x tokens_per_item + 64` tokens of its kind,
+    and a config whose requests would not fit under it is refused."""
 
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": EngineConfig()})
     """Engine pools by name; `generator.engine` names one."""
@@ -208,6 +223,13 @@ class GeneratePersonasConfig(StrictModel):
     def _checks(self) -> GeneratePersonasConfig:
         if self.generator.engine not in self.engines:
             raise ValueError(f"generator.engine is '{self.generator.engine}', but engines has only {sorted(self.engines)}")
+        cap = self.generator.sampling.max_tokens
+        for name in ("profiles", "personalities"):
+            k = getattr(self, name)
+            if k.request_max_tokens() > cap:
+                raise ValueError(f"{name}.new_per_request={k.new_per_request} x {name}.tokens_per_item="
+                                 f"{k.tokens_per_item} needs {k.request_max_tokens()} tokens per request, above "
+                                 f"generator.sampling.max_tokens={cap}: lower new_per_request or raise max_tokens")
         b = self.benchmark
         if bool(b.profiles_file) != bool(b.personalities_file):
             raise ValueError("benchmark.profiles_file and benchmark.personalities_file go together")

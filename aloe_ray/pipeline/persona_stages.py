@@ -19,10 +19,12 @@ from aloe_ray.prompts.personas import generation_messages
 
 class MemberWriter:
     """One Ray Data batch of generation requests -> one row per request: the reply, its parsed
-    candidates and their filter verdicts. A failed call is retried, then recorded, never raised."""
+    candidates and their filter verdicts. A failed call is retried, then recorded, never raised.
+    `max_tokens` by kind leaves room for every member a request asks for (`request_max_tokens`)."""
 
-    def __init__(self, engine: ChatEngine, role: RoleConfig, filters: dict[str, CandidateFilter]) -> None:
-        self.engine, self.role, self.filters = engine, role, filters
+    def __init__(self, engine: ChatEngine, role: RoleConfig, filters: dict[str, CandidateFilter],
+                 max_tokens: dict[str, int]) -> None:
+        self.engine, self.role, self.filters, self.max_tokens = engine, role, filters, max_tokens
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
         rows = batch.to_pylist()
@@ -41,7 +43,7 @@ class MemberWriter:
     async def _ask(self, row: dict) -> Reply:
         s = self.role.sampling
         request = ChatRequest(generation_messages(row["kind"], row["examples"], row["new"]),
-                              Sampling(s.temperature, s.top_p, s.max_tokens, int(row["seed"])))
+                              Sampling(s.temperature, s.top_p, self.max_tokens[row["kind"]], int(row["seed"])))
         error = None
         for _ in range(self.role.max_attempts):
             try:

@@ -244,8 +244,8 @@ def _round_line(round_, kind, c, size, target, stopped, dedup_s, gen_s) -> str:
     import json
 
     reasons = ", ".join(f"{k} {v}" for k, v in json.loads(c["rejection_reasons"]).items()) or "none"
-    return (f"[personas] round {round_} {kind}: {c['requests']} requests ({c['requests_failed']} failed), "
-            f"{c['candidates']} candidates, {c['accepted']} accepted ({100 * c['acceptance_rate']:.1f}%); "
+    return (f"[personas] round {round_} {kind}: {c['requests']} requests ({c['requests_failed']} failed) asking "
+            f"{c['asked']}, {c['candidates']} candidates, {c['accepted']} accepted ({100 * c['acceptance_rate']:.1f}%); "
             f"rejected: {reasons} | pool {size}/{target}{f' -> stop ({stopped})' if stopped else ''} | "
             f"{c['completion_tokens']} tokens in {gen_s:.0f}s, dedup {dedup_s * 1000:.1f}ms")
 
@@ -358,7 +358,9 @@ class _RayRunner:
         ds = ds.map_batches(MemberWriter, batch_size=p.requests_per_batch, batch_format="pyarrow",
                             compute=_actor_pool(p.generator_actors, p.batches_in_flight_per_actor),
                             num_cpus=p.generator_num_cpus,
-                            fn_constructor_kwargs={"engine": self.pool, "role": self.cfg.generator, "filters": filters})
+                            fn_constructor_kwargs={"engine": self.pool, "role": self.cfg.generator, "filters": filters,
+                                                   "max_tokens": {"profile": self.cfg.profiles.request_max_tokens(),
+                                                                  "personality": self.cfg.personalities.request_max_tokens()}})
         ds = ds.map_batches(CandidateEmbedder, batch_size=p.requests_per_batch, batch_format="pyarrow",
                             **self._embed_kwargs())
         rows: list[dict] = []
