@@ -206,6 +206,49 @@ def test_requests_have_room_for_every_member_they_ask_for():
     assert "Write 5 new profiles" in seen[0].messages[0]["content"]
 
 
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    """A rerun of a run_id that would change what its committed rounds depend on (embedding model,
+    threshold, seeds, filters, k/m) fails with exit 2 before anything is written or started."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import generate_personas
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    import ray
+
+    from aloe_ray.config import ConfigError
+    from aloe_ray.pipeline.personas import SETTINGS_FILE, check_resume, load_seed_pool, pool_settings, s3_options
+
+    base = [f"--output={tmp_path}", "--run_id=r"]
+    cfg = generate_personas.parse_config(base)
+    seeds, label = load_seed_pool(cfg, s3_options(cfg))
+    out = PoolOutput(str(tmp_path), "r")
+    settings = pool_settings(cfg, seeds, label)
+    out.write_json(SETTINGS_FILE, settings)
+    written = (tmp_path / "r" / SETTINGS_FILE).read_text()
+    check_resume(out, settings)  # same settings: resumes
+    check_resume(out, pool_settings(generate_personas.parse_config(
+        [*base, "--profiles.max_rounds=9", "--profiles.target_size=500", "--benchmark.profiles=4"]), seeds, label))
+    cases = [
+        (["--similarity_threshold=0.7"], "similarity_threshold"),
+        (["--profiles.examples_per_request=3"], "kinds.profile.examples_per_request"),
+        (["--personalities.new_per_request=4"], "kinds.personality.new_per_request"),
+        (["--profiles.min_words=30"], "kinds.profile.filter.min_words"),
+        (["--embedding.max_seq_length=128"], "embedding.max_seq_length"),
+        (["--seed=1"], "seed"),
+    ]
+    for argv, key in cases:
+        assert generate_personas.main([*base, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{tmp_path}/r was built with other settings ({key} differ)" in err, (argv, err)
+    other_seeds = dict(seeds, profile=seeds["profile"][:-1])
+    with pytest.raises(ConfigError, match=r"seeds.counts.profile, seeds.sha256 differ"):
+        check_resume(out, pool_settings(cfg, other_seeds, label))
+    assert not ray.is_initialized()
+    assert (tmp_path / "r" / SETTINGS_FILE).read_text() == written
+    assert sorted(p.name for p in (tmp_path / "r" / MANIFEST_DIR).iterdir()) == ["settings.json"]
+
+
 def test_bad_input_fails_before_anything_loads(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "jobs"))
     try:

@@ -81,6 +81,11 @@ class PoolOutput:
             if uri != target:
                 storage.delete_file(uri, self.s3)
 
+    def read_text(self, name: str) -> str | None:
+        """A file under the run root, or None if there is none."""
+        uri = self.file(name)
+        return storage.read_text(uri, self.s3) if storage.exists(uri, self.s3) else None
+
     def write_text(self, name: str, text: str) -> None:
         storage.write_text(self.file(name), text, self.s3)
 

@@ -4,16 +4,19 @@ driver) until every kind stops, then hold out the benchmark, pair, and write the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 
-from aloe_ray.config import GeneratePersonasConfig, save_config
+from aloe_ray.config import ConfigError, GeneratePersonasConfig, save_config
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.dedup import max_similarity, similarity_histogram
 from aloe_ray.personas.embed import resolve_embedder
@@ -31,6 +34,8 @@ from aloe_ray.storage import S3Options
 KINDS = ("profile", "personality")
 MANIFEST_DIR = "jobs/generate_personas"
 """config.yaml and manifest.json of this job, under the run root (each stage keeps its own)."""
+SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
+"""What the committed rounds depend on (`pool_settings`): a rerun of the run_id must match it."""
 
 
 @dataclass
@@ -100,13 +105,58 @@ def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
     return seeds, label, bench
 
 
+def candidate_filter(cfg: GeneratePersonasConfig, kind: str) -> CandidateFilter:
+    k = getattr(cfg, POOL_TABLES[kind])
+    return CandidateFilter(min_words=k.min_words, max_words=k.max_words)
+
+
+def pool_settings(cfg: GeneratePersonasConfig, seeds: dict[str, list[str]], seed_label: str) -> dict:
+    """What the committed rounds depend on: a resumed run must keep all of it. Stop rules
+    (target_size, max_rounds, min_acceptance_rate), requests per round, the benchmark and the
+    pairing may change between runs: they only decide how far the pool grows and how it is split."""
+    digest = hashlib.sha256(json.dumps(seeds, sort_keys=True).encode()).hexdigest()[:16]
+    kinds = {}
+    for kind in KINDS:
+        k = getattr(cfg, POOL_TABLES[kind])
+        kinds[kind] = {"examples_per_request": k.examples_per_request, "new_per_request": k.new_per_request,
+                       "filter": dataclasses.asdict(candidate_filter(cfg, kind))}
+    return {"seed": cfg.seed, "prompt_version": PERSONA_PROMPT_VERSION,
+            "seeds": {"source": seed_label, **cfg.seeds.model_dump(mode="json"),
+                      "counts": {k: len(v) for k, v in seeds.items()}, "sha256": digest},
+            "embedding": {"model": cfg.embedding.model, "max_seq_length": cfg.embedding.max_seq_length},
+            "similarity_threshold": cfg.similarity_threshold, "kinds": kinds}
+
+
+
+def check_resume(out: PoolOutput, settings: dict) -> None:
+    """Refuse to add rounds to a pool built with other settings (a pool embedded by another model,
+    deduped at another threshold or seeded from other members would mix incompatible rounds)."""
+    before = out.read_text(SETTINGS_FILE)
+    if before is None:
+        return
+    old = json.loads(before)
+    changed = sorted(_changed_keys(old, settings))
+    if changed:
+        raise ConfigError(f"{out.root} was built with other settings ({', '.join(changed)} differ); resume with "
+                          f"the same settings or choose another --run_id")
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for k in old.keys() | new.keys() for key in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def run_persona_pool(cfg: GeneratePersonasConfig, log: Callable[[str], None] = print) -> dict:
     """Build the pool under `<output>/<run_id>/`; returns the manifest."""
     started = time.time()
     s3 = s3_options(cfg)
     seeds, seed_label, bench_files = check_inputs(cfg, s3)
     out = PoolOutput(cfg.output, cfg.run_id, s3)
+    settings = pool_settings(cfg, seeds, seed_label)
+    check_resume(out, settings)  # before anything is written or started
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
+    out.write_json(SETTINGS_FILE, settings)
     committed, removed = out.recover()
     log(f"[personas] run {cfg.run_id}: {len(seeds['profile'])} seed profiles, {len(seeds['personality'])} seed "
         f"personalities ({seed_label}); {len(committed)} round(s) already committed -> {out.root}")
@@ -241,8 +291,6 @@ def _run_round(cfg, out: PoolOutput, pools, active: list[str], round_: int, runn
 
 
 def _round_line(round_, kind, c, size, target, stopped, dedup_s, gen_s) -> str:
-    import json
-
     reasons = ", ".join(f"{k} {v}" for k, v in json.loads(c["rejection_reasons"]).items()) or "none"
     return (f"[personas] round {round_} {kind}: {c['requests']} requests ({c['requests_failed']} failed) asking "
             f"{c['asked']}, {c['candidates']} candidates, {c['accepted']} accepted ({100 * c['acceptance_rate']:.1f}%); "
@@ -351,8 +399,7 @@ class _RayRunner:
             self.pool = start_engine_pools({self.cfg.generator.engine: engine}, prefix=f"aloe-persona-engine.{self.cfg.run_id}",
                                            namespace=self.cfg.ray.namespace, s3=self.s3)[self.cfg.generator.engine]
         p = self.cfg.pipeline
-        filters = {kind: CandidateFilter(min_words=k.min_words, max_words=k.max_words)
-                   for kind, k in (("profile", self.cfg.profiles), ("personality", self.cfg.personalities))}
+        filters = {kind: candidate_filter(self.cfg, kind) for kind in KINDS}
         ds = ray.data.from_items([r.to_row() for r in requests],
                                  override_num_blocks=max(1, math.ceil(len(requests) / p.requests_per_batch)))
         ds = ds.map_batches(MemberWriter, batch_size=p.requests_per_batch, batch_format="pyarrow",
