@@ -1,7 +1,8 @@
 """Config of the persona-pool job (`jobs/generate_personas.py`).
 
 The defaults are the embedded default: a few minutes on a 2-core machine with the bundled model.
-Field docs give the reference-scale values (331 profiles x 71 personalities, 20 x 5 benchmark).
+Field docs give the reference-scale values (331 training profiles x 71 training personalities,
+20 x 5 benchmark held out of the pool, so targets of 351 and 76).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class PoolKindConfig(StrictModel):
     """Self-generation rounds of one kind of pool member (profiles or personalities)."""
 
     target_size: int = Field(default=331, ge=1)
-    """Stop once the pool (seeds included) holds this many; reference: 331 profiles, 71 personalities."""
+    """Stop once the pool (seeds included) holds this many. The benchmark is held out of this pool
+    afterwards, so training gets about target_size - benchmark.<kind>: for the reference's 331
+    training profiles x 71 personalities (20 x 5 held out) set 351 and 76."""
 
     examples_per_request: int = Field(default=5, ge=1, le=50)
     """k: random pool members shown as examples in each request."""
