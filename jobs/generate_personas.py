@@ -8,7 +8,8 @@ Run it (same code three ways):
         -- python jobs/generate_personas.py --config my.yaml       # a running cluster
     (KubeRay RayJob entrypoint: python jobs/generate_personas.py --config /configs/generate_personas.yaml)
 Options: --help lists every config key; --key.sub=value overrides one. Rerunning a run_id resumes
-after its last committed round.
+after its last committed round; a rerun whose settings differ from what those rounds were built
+with (seeds, embedding, threshold, filters, k/m) is refused with exit 2.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ driver) until every kind stops, then hold out the benchmark, pair, and write the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
