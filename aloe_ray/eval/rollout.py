@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from aloe_ray.engines.base import ChatEngine, ChatRequest, Completion, Message, Sampling
+from aloe_ray.engines.base import ChatRequest, Completion, Message, Sampling
 from aloe_ray.eval.metrics import expected_score, fit_line
 from aloe_ray.personas.model import Persona
 from aloe_ray.prompts.eval import (
@@ -33,16 +33,10 @@ from aloe_ray.prompts.eval import (
     parse_score,
     simulator_messages,
 )
+from aloe_ray.trees.grow import RoleBinding
 from aloe_ray.trees.spec import derive_seed, stable_id
 
 ROLES = ("simulator", "model", "judge")
-
-
-@dataclass(frozen=True)
-class RoleBinding:
-    engine: ChatEngine
-    sampling: Sampling
-    max_attempts: int = 3
 
 
 @dataclass(frozen=True)

@@ -152,16 +152,20 @@ def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_s
         "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
         "engines": engine_stats,
         "tables": {"nodes": NODES.names, "trees": TREES.names},
-        "packages": _versions(),
+        "packages": package_versions(),
         "config": cfg.model_dump(mode="json"),
     }
 
 
-def _versions() -> dict[str, str | None]:
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed versions of `names` (None: not installed), as every job's manifest records them."""
     found = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+_versions = package_versions

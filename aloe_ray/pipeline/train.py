@@ -16,7 +16,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import pyarrow as pa
 
@@ -24,6 +23,7 @@ from aloe_ray import storage
 from aloe_ray.config import save_config
 from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
 from aloe_ray.engines.models import check_model_spec
+from aloe_ray.pipeline.generate import package_versions
 from aloe_ray.schema import DPO, SFT
 from aloe_ray.storage import S3Options
 from aloe_ray.train.datasets import DpoFilters, TreeDataError, dpo_pairs, sft_examples
@@ -211,7 +211,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
         "rows": table.num_rows, "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
         "metrics": metrics["final"],
         "timing": {"wall_s": time.time() - started, "train_s": train_s},
-        "packages": _versions(), "config": cfg.model_dump(mode="json"),
+        "packages": package_versions(PACKAGES), "config": cfg.model_dump(mode="json"),
     }
     storage.write_text(storage.join(meta, "manifest.json"), json.dumps(manifest, indent=2, default=str), s3)
     log(f"[aloe-ray] finished {task} run {cfg.run_id}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics["final"].items()
@@ -250,16 +250,6 @@ def _final(history: list[dict], reported: dict | None) -> dict:
     if losses:
         out["first_loss"] = float(losses[0])
     return out
-
-
-def _versions() -> dict[str, str | None]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def run_job(task: str, parse_config: Callable, argv: list[str] | None) -> int:
