@@ -133,6 +133,13 @@ GOOD = "She is 61 and works as a ferry captain in Bergen; she is widowed, has a 
      "role_leak"),
     ("I'm just a language model, so these traits are invented: calm, patient, curious and warm.", "role_leak"),
     ("As an assistant I will describe a person who is calm, patient and curious about the world.", "role_leak"),
+    # seen from the bundled model in the embedded default run
+    ("As I am a helpful AI team, I'm here to assist you in creating perfect and colorful profiles today.",
+     "role_leak"),
+    ("Here's a list of 5 more profile ideas to keep your story from becoming too overwhelming for you.",
+     "role_leak"),
+    ("This is the first example: personality: love and loyalty, this is the second one: kind and warm.",
+     "instruction_echo"),
     # terse lists in another language or gibberish are still not English
     ("Ungeduldig, direkt, skeptisch; will Stichpunkte, hasst Smalltalk, bedankt sich selten, mag Zahlen.",
      "not_english"),

@@ -16,7 +16,9 @@ _ROLE_LEAK = re.compile(
     r"\b(?:as an? (?:ai|language model|(?:helpful |virtual )?assistant)"
     r"|i(?: am|'m) (?:an ai|a (?:large )?language model|an? (?:ai |virtual )?assistant|just an? )"
     r"|i (?:cannot|can't|can not|am unable to|won't) (?:help|provide|create|write|assist|generate|fulfil|comply|invent)"
-    r"|here (?:are|is) (?:the|some|a|\d+) (?:new |more |example |sample )*(?:profiles?|personalit|personas?|examples?|descriptions?)"
+    r"|i(?: am|'m) here to (?:help|assist)|(?:help|assist) you (?:in |with )?(?:creat|writ)|helpful ai"
+    r"|here(?: are|'s| is) (?:the|some|a|\d+) (?:list of |new |more |example |sample |\d+ )*"
+    r"(?:profiles?|personalit|personas?|examples?|descriptions?|ideas?)"
     r"|let me know if|hope (?:this|these) helps?)",
     re.IGNORECASE,
 )
@@ -24,6 +26,7 @@ _ROLE_LEAK = re.compile(
 # wording of our request: numbers ('8 to 10 hour shifts', '3 examples of her work') are facts.
 _ECHO = re.compile(
     r"\b(?:(?:in|written in) the third person|the examples|example (?:profiles?|personalit\w+)"
+    r"|the (?:first|second|third|fourth|fifth|next|last|\w+th) example"
     r"|new (?:user )?(?:profiles?|personalit\w+)|traits describing|objective facts|(?:user )?profile is a"
     r"|personality is a|facts only|traits only)\b",
     re.IGNORECASE,
