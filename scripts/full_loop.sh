@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole ALOE loop on one machine, every stage into one run root, small sizes:
-#   personas -> trees -> SFT -> DPO -> serve (Ray Serve, OpenAI API) -> ALOE benchmark, base vs DPO.
-# Usage: scripts/full_loop.sh [RUN_ID] [OUTPUT]      (about 15-20 minutes on 2 CPU cores)
+#   personas -> trees -> SFT -> DPO -> serve (Ray Serve, OpenAI API) -> ALOE benchmark, SFT vs DPO.
+# Usage: scripts/full_loop.sh [RUN_ID] [OUTPUT]      (about 14 minutes on 2 CPU cores)
 # Each stage resumes if the script is run again with the same RUN_ID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ applications:
 EOF
 .venv/bin/serve run "$cfg" > "$ROOT/serve.log" 2>&1 &
 SERVE=$!
-trap 'kill -INT $SERVE 2>/dev/null || true; wait $SERVE 2>/dev/null || true' EXIT   # serve run shuts its Ray down
+trap 'kill -TERM $SERVE 2>/dev/null || true; wait $SERVE 2>/dev/null || true' EXIT   # serve run stops its Ray instance (SIGINT is ignored by background jobs)
 for _ in $(seq 180); do
     curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
     sleep 2
