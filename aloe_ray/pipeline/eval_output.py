@@ -11,13 +11,13 @@ rollout id never has two sets of turns.
 
 from __future__ import annotations
 
-import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aloe_ray import storage
 from aloe_ray.eval.rollout import RolloutResult
+from aloe_ray.pipeline.run_root import RunRoot, rewrite_part
 from aloe_ray.schema import EVAL_ROLLOUTS, EVAL_TURNS
 from aloe_ray.storage import S3Options
 from aloe_ray.trees.spec import stable_id
@@ -29,13 +29,8 @@ def eval_root(output: str, run_id: str, name: str) -> str:
     return storage.join(output, run_id, "eval", name)
 
 
-class EvalOutput:
-    def __init__(self, root: str, s3: S3Options | None = None) -> None:
-        self.root = root
-        self.s3 = s3
-
-    def file(self, name: str) -> str:
-        return storage.join(self.root, name)
+class EvalOutput(RunRoot):
+    SCHEMAS = SCHEMAS
 
     def commit(self, results: list[RolloutResult]) -> str:
         """Write one part (turns, then rollouts) for these finished rollouts; returns its name."""
@@ -69,40 +64,7 @@ class EvalOutput:
                 turns_uri = self.file(f"turns/{self._name(uri)}")
                 if storage.exists(turns_uri, self.s3):
                     turns = storage.read_parquet(turns_uri, self.s3, schema=EVAL_TURNS)
-                    _rewrite(turns_uri, turns.filter(pc.invert(pc.is_in(turns["rollout_id"], value_set=failed_ids))),
+                    rewrite_part(turns_uri, turns.filter(pc.invert(pc.is_in(turns["rollout_id"], value_set=failed_ids))),
                              self.s3)
-                _rewrite(uri, table.filter(pc.invert(failed)), self.s3)
+                rewrite_part(uri, table.filter(pc.invert(failed)), self.s3)
         return done, orphans
-
-    def read(self, name: str) -> pa.Table:
-        schema = SCHEMAS[name]
-        if not storage.exists(self.file(name), self.s3):
-            return schema.empty_table()
-        return storage.read_parquet(self.file(name), self.s3, schema=schema)
-
-    def read_text(self, name: str) -> str | None:
-        try:
-            return storage.read_text(self.file(name), self.s3)
-        except FileNotFoundError:
-            return None
-
-    def write_text(self, name: str, text: str) -> None:
-        storage.write_text(self.file(name), text, self.s3)
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        storage.write_bytes(self.file(name), data, self.s3)
-
-    def write_json(self, name: str, data: dict) -> None:
-        self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
-
-    @staticmethod
-    def _name(uri: str) -> str:
-        return uri.rsplit("/", 1)[-1]
-
-
-def _rewrite(uri: str, kept: pa.Table, s3: S3Options | None) -> None:
-    """Write what is left of a part, or delete it when nothing is."""
-    if kept.num_rows:
-        storage.write_parquet(uri, kept, s3)
-    else:
-        storage.delete_file(uri, s3)

@@ -9,12 +9,12 @@ table (one file) is rewritten from the committed pool at the end of every run.
 
 from __future__ import annotations
 
-import json
 import re
 
 import pyarrow as pa
 
 from aloe_ray import storage
+from aloe_ray.pipeline.run_root import RunRoot
 from aloe_ray.schema import PERSONAS, POOL_MEMBERS, POOL_ROUNDS
 from aloe_ray.storage import S3Options
 
@@ -23,16 +23,11 @@ _SCHEMAS = {"profiles": POOL_MEMBERS, "personalities": POOL_MEMBERS, "rounds": P
 _ROUND_FILE = re.compile(r"round-(\d{5})\.parquet$")
 
 
-class PoolOutput:
+class PoolOutput(RunRoot):
+    SCHEMAS = _SCHEMAS
+
     def __init__(self, output: str, run_id: str, s3: S3Options | None = None) -> None:
-        self.root = storage.join(output, run_id)
-        self.s3 = s3
-
-    def table(self, name: str) -> str:
-        return storage.join(self.root, name)
-
-    def file(self, name: str) -> str:
-        return storage.join(self.root, name)
+        super().__init__(storage.join(output, run_id), s3)
 
     @staticmethod
     def round_file(round_: int) -> str:
@@ -67,12 +62,6 @@ class PoolOutput:
                 found.add(int(m.group(1)))
         return found
 
-    def read(self, name: str) -> pa.Table:
-        schema = _SCHEMAS[name]
-        if not storage.exists(self.table(name), self.s3):
-            return schema.empty_table()
-        return storage.read_parquet(self.table(name), self.s3, schema=schema)
-
     def write_personas(self, table: pa.Table) -> None:
         """Replace the personas table with one file (a rerun may pair differently)."""
         target = storage.join(self.table("personas"), "personas.parquet")
@@ -80,14 +69,3 @@ class PoolOutput:
         for uri in storage.list_files(self.table("personas"), ".parquet", self.s3):
             if uri != target:
                 storage.delete_file(uri, self.s3)
-
-    def read_text(self, name: str) -> str | None:
-        """A file under the run root, or None if there is none."""
-        uri = self.file(name)
-        return storage.read_text(uri, self.s3) if storage.exists(uri, self.s3) else None
-
-    def write_text(self, name: str, text: str) -> None:
-        storage.write_text(self.file(name), text, self.s3)
-
-    def write_json(self, name: str, data: dict) -> None:
-        self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")

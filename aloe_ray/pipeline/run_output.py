@@ -10,13 +10,13 @@ drops the rows of failed ones so they are grown again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aloe_ray import storage
+from aloe_ray.pipeline.run_root import RunRoot, rewrite_part
 from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
 from aloe_ray.trees.grow import TreeResult
@@ -33,16 +33,11 @@ class Recovered:
     failed_rows_dropped: int = 0
 
 
-class RunOutput:
+class RunOutput(RunRoot):
+    SCHEMAS = {"nodes": NODES, "trees": TREES}
+
     def __init__(self, output: str, run_id: str, s3: S3Options | None = None) -> None:
-        self.root = storage.join(output, run_id)
-        self.s3 = s3
-
-    def table(self, name: str) -> str:
-        return storage.join(self.root, name)
-
-    def file(self, name: str) -> str:
-        return storage.join(self.root, name)
+        super().__init__(storage.join(output, run_id), s3)
 
     def commit(self, results: list[TreeResult]) -> str:
         """Write one part (nodes, then trees) for these finished trees; returns its name."""
@@ -73,24 +68,5 @@ class RunOutput:
                 continue
             kept = table.filter(pc.invert(failed))
             state.failed_rows_dropped += len(failed_ids)
-            if kept.num_rows:
-                storage.write_parquet(uri, kept, self.s3)
-            else:
-                storage.delete_file(uri, self.s3)
+            rewrite_part(uri, kept, self.s3)
         return state
-
-    def read(self, name: str) -> pa.Table:
-        schema = {"nodes": NODES, "trees": TREES}[name]
-        if not storage.exists(self.table(name), self.s3):
-            return schema.empty_table()
-        return storage.read_parquet(self.table(name), self.s3, schema=schema)
-
-    def write_text(self, name: str, text: str) -> None:
-        storage.write_text(self.file(name), text, self.s3)
-
-    def write_json(self, name: str, data: dict) -> None:
-        self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
-
-    @staticmethod
-    def _name(uri: str) -> str:
-        return uri.rsplit("/", 1)[-1]
