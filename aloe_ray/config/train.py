@@ -98,6 +98,10 @@ class _TrainConfig(StrictModel):
     model: str = "smollm2-135m"
     """Base model: 'smollm2-135m' (bundled), a Hugging Face folder or an s3:// prefix holding one."""
 
+    keep_truncated: bool = False
+    """Train on replies cut at max_tokens too (finish_reason 'length'). Off: such a reply carries
+    no SFT loss and makes no DPO pair; the manifest counts what was dropped and why."""
+
     lora: LoraSettings = Field(default_factory=LoraSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)

@@ -33,6 +33,7 @@ from aloe_ray.prompts.eval import (
     parse_score,
     simulator_messages,
 )
+from aloe_ray.prompts.parsers import clean_user_message
 from aloe_ray.trees.grow import RoleBinding
 from aloe_ray.trees.spec import derive_seed, stable_id
 
@@ -158,7 +159,7 @@ class _Rollout:
         conversation: list[Message] = []
         for turn in range(1, turns + 1):
             user = await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
-                                    accept=_non_empty)
+                                    accept=lambda c: clean_user_message(c.text) or None)
             if user.value is None:
                 raise RolloutFailure(_unusable("simulator", turn, user))
             conversation = [*conversation, {"role": "user", "content": user.value}]

@@ -14,6 +14,7 @@ from aloe_ray.config import GenerateTreesConfig, save_config
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
+from aloe_ray.pipeline.quality_report import write_quality_report
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.prompts import PROMPT_VERSION
 from aloe_ray.schema import NODES, TREES
@@ -59,12 +60,25 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
+    manifest["quality"] = write_quality_report(out, MANIFEST_DIR, title=f"Data quality of tree run {cfg.run_id}")
     out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
-    c = manifest["counts"]
+    c, q = manifest["counts"], manifest["quality"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
         f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
-    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
+    log(f"[aloe-ray] quality: inducer parsed {_pct(q['inducer_parse_rate'])}, cut at max_tokens "
+        + ", ".join(f"{r} {_pct(v)}" for r, v in q["cut_share"].items())
+        + f"; personalized chosen {_pct(q['personalized_chosen_rate'])}, judge chose "
+        + "/".join(f"{p} {_pct(v)}" for p, v in q["chosen_position_share"].items())
+        + f"; {q['dpo_pairs_default_filters']} DPO pairs pass the default filters")
+    for line in q["warnings"]:
+        log(f"[aloe-ray] WARNING (data quality): {line}")
+    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}  "
+        f"quality: {out.file(MANIFEST_DIR + '/quality.md')}")
     return manifest
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
 
 
 def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total: int, already: int, log) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -54,8 +55,10 @@ def base_model(cfg) -> str:
     return cfg.model
 
 
-def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
-    """The rows to train on, validated; raises TreeDataError with the reason when there are none."""
+def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None) -> pa.Table:
+    """The rows to train on, validated; raises TreeDataError with the reason when there are none.
+    What the filters dropped (truncated replies, DPO filters) is counted in `dropped` by reason."""
+    dropped = Counter() if dropped is None else dropped
     schema = SFT if task == "sft" else DPO
     if cfg.data.table:
         try:
@@ -74,18 +77,22 @@ def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
             except FileNotFoundError:
                 raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
             if task == "sft":
-                rows += sft_examples(nodes, loss_on=cfg.loss_on.value)
+                rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
+                                     dropped=dropped)
             else:
                 rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
-                                                    cfg.rejected.value))
+                                                    cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
         table = pa.Table.from_pylist(rows, schema=schema)
     id_col = "example_id" if task == "sft" else "pair_id"
     table = table.sort_by(id_col)
     if cfg.data.max_examples:
         table = table.slice(0, cfg.data.max_examples)
     if table.num_rows == 0:
+        why = f" (dropped: {dict(dropped)})" if dropped else ""
         raise TreeDataError(f"no {task} rows to train on from {cfg.data.trees or cfg.data.table}"
-                            + (" after the filters" if task == "dpo" else ""))
+                            + (" after the filters" if task == "dpo" else "") + why
+                            + ("; --keep_truncated=true keeps replies cut at max_tokens" if any(
+                                "truncated" in k for k in dropped) else ""))
     return table
 
 
@@ -143,7 +150,11 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     elif not storage.exists(storage.join(model, "config.json"), s3):
         raise TreeDataError(f"from_sft: no merged model at {model} (run jobs/train_sft.py first)")
     # Bad input fails here, before Ray starts or any model loads.
-    table = training_rows(cfg, task, s3)
+    dropped: Counter = Counter()
+    table = training_rows(cfg, task, s3, dropped)
+    if dropped:
+        log(f"[aloe-ray] {task} rows: dropped " + ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
+            + ("" if cfg.keep_truncated else " (replies cut at max_tokens are never targets; --keep_truncated=true keeps them)"))
     root = absolute(storage.join(cfg.output, cfg.run_id))
     meta = storage.join(root, "jobs", f"train_{task}")
     storage.write_text(storage.join(meta, "config.yaml"), save_config(cfg), s3)
@@ -208,7 +219,8 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     storage.write_text(storage.join(meta, "metrics.json"), json.dumps(metrics, indent=2), s3)
     manifest = {
         "run_id": cfg.run_id, "job": f"train_{task}", "output": root, "base_model": model,
-        "rows": table.num_rows, "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
+        "rows": table.num_rows, "dropped": dict(sorted(dropped.items())), "keep_truncated": cfg.keep_truncated,
+        "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
         "metrics": metrics["final"],
         "timing": {"wall_s": time.time() - started, "train_s": train_s},
         "packages": package_versions(PACKAGES), "config": cfg.model_dump(mode="json"),
