@@ -135,6 +135,12 @@ class EvalConfig(StrictModel):
     2 CPU cores. The field defaults (100 personas, 192-token replies) are the method's and apply to
     every config file."""
 
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "num_personas": 100, "turns": 10, "judge": {"history": False, "scoring": "sampled"},
+    }}
+    """`--preset reference`: the reference benchmark (100 personas x 10 turns; the judge sees only
+    the current message and writes an integer score); see docs/method.md."""
+
     # The simulator talks to the model under test for `turns` turns per persona, the judge scores
     # every reply 1-5; AL(k), IR, N-AL, N-IR with bootstrap intervals are reported.
 

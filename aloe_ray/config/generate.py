@@ -117,6 +117,13 @@ class GenerateTreesConfig(StrictModel):
     """Without a config file: a handful of short trees, a few minutes on 2 CPU cores. The field
     defaults (10 turns) are the method's and apply to every config file."""
 
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "tree": {"num_candidates": 2, "policy": "random", "max_turns": 10},
+        "roles": {role: {"sampling": {"max_tokens": 300}} for role in ("simulator", "inducer", "responder")},
+    }}
+    """`--preset reference`: the reference implementation's trees (2 candidates, random
+    continuation, 10 turns, 300-token replies); see docs/method.md."""
+
     run_id: str = Field(default_factory=_new_run_id, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Run name; ids and seeds derive from it. Rerun with the same run_id to resume."""
 

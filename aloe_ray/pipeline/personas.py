@@ -107,7 +107,7 @@ def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
 
 def candidate_filter(cfg: GeneratePersonasConfig, kind: str) -> CandidateFilter:
     k = getattr(cfg, POOL_TABLES[kind])
-    return CandidateFilter(min_words=k.min_words, max_words=k.max_words)
+    return CandidateFilter(min_words=k.min_words, max_words=k.max_words, personality=kind == "personality")
 
 
 def pool_settings(cfg: GeneratePersonasConfig, seeds: dict[str, list[str]], seed_label: str) -> dict:
