@@ -27,7 +27,7 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg.engines["default"].replicas == 2
     assert cfg.roles.judge.engine == "judge"
     assert cfg.roles.simulator.sampling.temperature == 0.2
-    assert cfg.roles.simulator.sampling.max_tokens == 48  # role-specific default survives
+    assert cfg.roles.simulator.sampling.max_tokens == 96  # role-specific default survives
 
 
 def test_text_fields_take_flags_as_typed():

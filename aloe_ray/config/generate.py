@@ -73,14 +73,17 @@ def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
 class RolesConfig(StrictModel):
     """The four model roles of tree growth; each names its engine pool."""
 
-    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 48)))
-    """The user simulator: role-plays the persona and writes the user's messages."""
+    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 96)))
+    """The user simulator: role-plays the persona and writes the user's messages (one to three
+    sentences; 96 tokens leave room to spare)."""
 
-    inducer: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.3, 64)))
-    """The persona inducer: extracts what the conversation has revealed about the user."""
+    inducer: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.3, 160)))
+    """The persona inducer: extracts what the conversation has revealed about the user (two
+    labelled lines that grow with the turns)."""
 
-    responder: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 72)))
-    """The responders: write the candidate assistant replies."""
+    responder: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 160)))
+    """The responders: write the candidate assistant replies (about three sentences, ~60-90 tokens;
+    160 leave room to spare: a reply cut at max_tokens is never a training target)."""
 
     judge: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.0, 8)))
     """The judge: picks the candidate the user would prefer (constrained to the candidate letters)."""
@@ -113,9 +116,14 @@ def _new_run_id() -> str:
 class GenerateTreesConfig(StrictModel):
     """Grow persona-conditioned multi-turn preference trees into Parquet."""
 
-    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_trees": 8, "tree": {"max_turns": 3}}
-    """Without a config file: a handful of short trees, a few minutes on 2 CPU cores. The field
-    defaults (10 turns) are the method's and apply to every config file."""
+    EMBEDDED_DEFAULT: ClassVar[dict] = {
+        "num_trees": 8, "tree": {"max_turns": 3},
+        "roles": {"simulator": {"sampling": {"max_tokens": 48}}, "inducer": {"sampling": {"max_tokens": 64}},
+                  "responder": {"sampling": {"max_tokens": 72}}},
+    }
+    """Without a config file: a handful of short trees with short replies, a few minutes on 2 CPU
+    cores (the quality report then says how many replies were cut). The field defaults (10 turns,
+    replies with room to spare) are the method's and apply to every config file."""
 
     PRESETS: ClassVar[dict[str, dict]] = {"reference": {
         "tree": {"num_candidates": 2, "policy": "random", "max_turns": 10},

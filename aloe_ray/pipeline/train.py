@@ -70,19 +70,7 @@ def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None)
             raise TreeDataError(f"data.table {cfg.data.table} is not a {task} table: lacks {sorted(missing)}")
         table = table.select(schema.names).cast(schema)
     else:
-        rows: list[dict] = []
-        for root in [r.strip() for r in cfg.data.trees.split(",") if r.strip()]:
-            try:
-                nodes = storage.read_parquet(storage.join(root, "nodes"), s3).to_pylist()
-            except FileNotFoundError:
-                raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
-            if task == "sft":
-                rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
-                                     dropped=dropped)
-            else:
-                rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
-                                                    cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
-        table = pa.Table.from_pylist(rows, schema=schema)
+        table = rows_from_trees(cfg.data.trees, task, cfg, s3, dropped)
     id_col = "example_id" if task == "sft" else "pair_id"
     table = table.sort_by(id_col)
     if cfg.data.max_examples:
@@ -94,6 +82,25 @@ def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None)
                             + ("; --keep_truncated=true keeps replies cut at max_tokens" if any(
                                 "truncated" in k for k in dropped) else ""))
     return table
+
+
+def rows_from_trees(trees: str, task: str, cfg, s3: S3Options, dropped: Counter) -> pa.Table:
+    """SFT or DPO rows of one or more tree runs (comma-separated run roots), with `cfg`'s filters
+    (loss_on; rejected, personalized_chosen_only, min_judge_margin; keep_truncated). Shared by
+    the training jobs and the dataset export."""
+    rows: list[dict] = []
+    for root in [r.strip() for r in trees.split(",") if r.strip()]:
+        try:
+            nodes = storage.read_parquet(storage.join(root, "nodes"), s3).to_pylist()
+        except FileNotFoundError:
+            raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
+        if task == "sft":
+            rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
+                                 dropped=dropped)
+        else:
+            rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
+                                                cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
+    return pa.Table.from_pylist(rows, schema=SFT if task == "sft" else DPO)
 
 
 def load_tokenizer(model: str, s3: S3Options):
