@@ -67,6 +67,7 @@ def quality_plot(summary: dict, *, title: str) -> bytes:
     turn.plot([int(t) for t in turns], [summary["personalized_chosen_by_turn"][t] or 0 for t in turns], "o-")
     turn.axhline(0.5, ls=":", color="grey", lw=1)
     turn.set_ylim(0, 1)
+    turn.set_xticks([int(t) for t in turns])
     turn.set_xlabel("turn")
     turn.set_title("personalized candidate chosen")
 
