@@ -70,7 +70,7 @@ def check_pool(output: str, run_id: str, *, rounds: int, s3: S3Options | None = 
         n_seeds = sum(m["round"] == 0 for m in by_round)
         for i in range(n_seeds, len(by_round)):  # every generated member: <= threshold to all before it
             m = by_round[i]
-            assert m["model"] == "smollm2-135m" and m["prompt_version"] == "aloe-ray/personas-v1"
+            assert m["model"] == "smollm2-135m" and m["prompt_version"] == "aloe-ray/personas-v2"
             assert m["source"] == f"round-{m['round']}" and m["seed"] is not None
             true_max = float(max_similarity(emb[i:i + 1], emb[:i])[0])
             assert true_max <= threshold + 1e-5 and m["max_similarity"] == pytest.approx(true_max, abs=1e-4)

@@ -108,6 +108,11 @@ class PipelineConfig(StrictModel):
     progress_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between progress lines."""
 
+    lease_ttl_s: float = Field(default=60.0, gt=0)
+    """The driver renews the run's lease (jobs/generate_trees/lease.json) every third of this; a
+    second driver on the run_id is refused while it is live. A dead driver's lease is taken over
+    at once on its own host, else after this many seconds without renewal."""
+
 
 def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")

@@ -3,6 +3,7 @@ commit parts, report progress, write the manifest."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -10,10 +11,11 @@ from importlib import metadata
 
 import pyarrow.compute as pc
 
-from aloe_ray.config import GenerateTreesConfig, save_config
+from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
+from aloe_ray.pipeline.lease import RunLease
 from aloe_ray.pipeline.quality_report import write_quality_report
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.prompts import PROMPT_VERSION
@@ -22,6 +24,8 @@ from aloe_ray.storage import S3Options
 from aloe_ray.trees import TreeShape, make_tree_specs
 
 MANIFEST_DIR = "jobs/generate_trees"
+SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
+"""What the committed trees depend on (`tree_settings`): a rerun of the run_id must match it."""
 """Where the job's resolved config and manifest go inside the run root (each job has its own
 folder there, so the stages of one run never overwrite each other's)."""
 
@@ -46,6 +50,26 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
+    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s):
+        return _run(cfg, out, specs, personas, shape, s3, started, log)
+
+
+def tree_settings(cfg: GenerateTreesConfig) -> dict:
+    """What a committed tree's content depends on: a rerun of the run_id must keep all of it.
+    num_trees, samples_per_persona, engine sizing and the pipeline may change between runs."""
+    engines = cfg.used_engines()
+    roles = {}
+    for role in RolesConfig.model_fields:
+        r = getattr(cfg.roles, role)
+        e = engines[r.engine]
+        roles[role] = {"sampling": r.sampling.model_dump(mode="json"), "max_attempts": r.max_attempts,
+                       "engine": {"backend": e.backend.value, "model": e.model, "base_url": e.base_url}}
+    return {"seed": cfg.seed, "prompt_version": PROMPT_VERSION, "tree": cfg.tree.model_dump(mode="json"),
+            "personas": cfg.personas.model_dump(mode="json"), "roles": roles}
+
+
+def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, started: float, log) -> dict:
+    out.pin_settings(SETTINGS_FILE, tree_settings(cfg), made="grown", instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
     done = recovered.ok | recovered.failed
@@ -59,8 +83,12 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+    previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
-    manifest["quality"] = write_quality_report(out, MANIFEST_DIR, title=f"Data quality of tree run {cfg.run_id}")
+    if not pending and not recovered.failed_rows_dropped and previous.get("quality"):
+        manifest["quality"] = previous["quality"]  # nothing changed since it was computed
+    else:
+        manifest["quality"] = write_quality_report(out, MANIFEST_DIR, title=f"Data quality of tree run {cfg.run_id}")
     out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
     c, q = manifest["counts"], manifest["quality"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
@@ -146,8 +174,10 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
 
 
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
-    trees = out.read("trees")
-    nodes_count = out.read("nodes").num_rows
+    # Only the trees table's small columns, and the nodes' row count from Parquet footers: the
+    # driver never loads the nodes table.
+    trees = out.read_columns("trees", ["status", "num_pairs", "prompt_tokens", "completion_tokens"])
+    nodes_count = out.count_rows("nodes")
     ok = trees.filter(pc.equal(trees["status"], "ok"))
     return {
         "run_id": cfg.run_id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from aloe_ray import storage
 from aloe_ray.pipeline.run_root import RunRoot, rewrite_part
@@ -57,16 +58,18 @@ class RunOutput(RunRoot):
                 storage.delete_file(uri, self.s3)
                 state.orphan_parts_removed += 1
         for uri in tree_parts.values():
-            table = storage.read_parquet(uri, self.s3, schema=TREES)
-            failed = pc.equal(table["status"], "failed")
-            state.ok.update(table.filter(pc.invert(failed))["tree_id"].to_pylist())
-            failed_ids = table.filter(failed)["tree_id"].to_pylist()
+            fs, path = storage.filesystem_for(uri, self.s3)
+            ids = pq.read_table(path, filesystem=fs, columns=["tree_id", "status"])  # two columns, not the part
+            failed = pc.equal(ids["status"], "failed")
+            state.ok.update(ids.filter(pc.invert(failed))["tree_id"].to_pylist())
+            failed_ids = ids.filter(failed)["tree_id"].to_pylist()
             if not failed_ids:
                 continue
             if not retry_failed:
                 state.failed.update(failed_ids)
                 continue
-            kept = table.filter(pc.invert(failed))
+            table = storage.read_parquet(uri, self.s3, schema=TREES)
+            kept = table.filter(pc.invert(pc.equal(table["status"], "failed")))
             state.failed_rows_dropped += len(failed_ids)
             rewrite_part(uri, kept, self.s3)
         return state

@@ -25,9 +25,10 @@ from aloe_ray.config import save_config
 from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.pipeline.generate import package_versions
-from aloe_ray.schema import DPO, SFT
+from aloe_ray.schema import DPO, NODES, SFT
 from aloe_ray.storage import S3Options
-from aloe_ray.train.datasets import DpoFilters, TreeDataError, dpo_pairs, sft_examples
+from aloe_ray.pipeline.run_root import RunRoot
+from aloe_ray.train.datasets import NODE_COLUMNS, DpoFilters, TreeDataError, dpo_pairs, sft_examples
 
 class TrainingFailed(RuntimeError):
     """Training did not finish (workers failed more often than scaling.max_failures allows)."""
@@ -90,10 +91,9 @@ def rows_from_trees(trees: str, task: str, cfg, s3: S3Options, dropped: Counter)
     the training jobs and the dataset export."""
     rows: list[dict] = []
     for root in [r.strip() for r in trees.split(",") if r.strip()]:
-        try:
-            nodes = storage.read_parquet(storage.join(root, "nodes"), s3).to_pylist()
-        except FileNotFoundError:
-            raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
+        if not storage.exists(storage.join(root, "nodes"), s3):
+            raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?")
+        nodes = RunRoot(root, s3, {"nodes": NODES}).read_columns("nodes", list(NODE_COLUMNS)).to_pylist()
         if task == "sft":
             rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
                                  dropped=dropped)

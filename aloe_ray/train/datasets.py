@@ -31,6 +31,11 @@ from aloe_ray.trees.spec import stable_id
 Message = dict[str, str]
 
 
+NODE_COLUMNS = ("run_id", "tree_id", "node_id", "parent_id", "path", "turn", "role", "text", "candidate_index",
+                "personalized", "label", "continued", "judge_probs", "finish_reason")
+"""The nodes columns SFT and DPO rows are made from (readers prune to these)."""
+
+
 class TreeDataError(ValueError):
     """A nodes table that does not form valid trees (missing parents, no labels...)."""
 

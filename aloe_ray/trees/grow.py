@@ -105,6 +105,8 @@ async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
         await growth.run()
     except TreeFailure as exc:
         status, reason = "failed", str(exc)[:2000]
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected reply: this tree fails, the run goes on
+        status, reason = "failed", f"unexpected {type(exc).__name__} while growing: {str(exc)[:1800]}"
     c = growth.counters
     nodes = c.nodes if status == "ok" else []
     tree = {
