@@ -124,3 +124,16 @@ def test_a_failing_commit_is_retried_then_reported_not_raised(tmp_path, monkeypa
         assert summary["status"] == ["failed"] and summary["part"] == [None]
         assert "commit failed after 6 attempts" in summary["failure_reason"][0] and "503" in summary["failure_reason"][0]
         assert out.read("trees").num_rows == 0  # nothing half-written: the rerun grows it
+
+
+def test_growers_are_sized_to_the_cluster():
+    from aloe_ray.config import EngineConfig
+    from aloe_ray.pipeline.generate import grower_count
+
+    hf = {"default": EngineConfig(num_cpus=1)}
+    api = {"api": EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")}
+    assert grower_count(None, 2, hf, parts=10) == 1  # the engine actor holds one of two CPUs
+    assert grower_count(None, 2, api, parts=10) == 2  # a remote endpoint: both cores grow trees
+    assert grower_count(None, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, parts=100) == 32
+    assert grower_count(None, 16, api, parts=3) == 3  # never more actors than parts
+    assert grower_count(5, 2, hf, parts=10) == 5  # a configured count wins

@@ -93,8 +93,10 @@ class PipelineConfig(StrictModel):
     trees_per_part: int = Field(default=4, ge=1)
     """Trees grown together and written as one Parquet part (per table)."""
 
-    grower_actors: int = Field(default=1, ge=1)
-    """Ray Data actors that grow trees (light: async, they wait on the engines)."""
+    grower_actors: int | None = Field(default=None, ge=1)
+    """Ray Data actors that grow trees (async: they wait on the engines, but each costs ~2.5 ms of
+    CPU per LLM call in its HTTP client and bookkeeping). Default: sized to the cluster, one per
+    CPU left over after the engine actors' reservations (at least 1, at most one per part)."""
 
     parts_in_flight_per_actor: int = Field(default=4, ge=1)
     """Parts one grower actor grows at once; trees in flight = actors x this x trees_per_part."""

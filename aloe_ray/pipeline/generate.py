@@ -126,6 +126,10 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
     pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     p = cfg.pipeline
+    growers = grower_count(p.grower_actors, ray.cluster_resources().get("CPU", 1.0), engines,
+                           parts=math.ceil(len(pending) / p.trees_per_part))
+    log(f"[aloe-ray] {growers} grower actor(s)" + (" (sized to the cluster's CPUs)" if p.grower_actors is None else "")
+        + f", up to {growers * p.parts_in_flight_per_actor * p.trees_per_part} trees in flight")
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     ds = ray.data.from_items([s.to_row() for s in pending],
                              override_num_blocks=math.ceil(len(pending) / p.trees_per_part))
@@ -133,7 +137,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         TreeGrower,
         batch_size=p.trees_per_part,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=p.grower_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
+        compute=ActorPoolStrategy(size=growers, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
                                   max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
         num_cpus=p.grower_num_cpus,
         fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out, "board": board},
@@ -171,6 +175,15 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         if isinstance(pool, EnginePool):
             stats[name] = ray.get([h.stats.remote() for h in pool.handles])
     return stats
+
+
+def grower_count(configured: int | None, cluster_cpus: float, engines: dict, *, parts: int) -> int:
+    """Grower actors: as configured, else one per CPU the engine actors leave free (an openai
+    pool reserves none), at least 1 and at most one per part."""
+    if configured is not None:
+        return configured
+    reserved = sum(e.num_cpus * e.replicas for e in engines.values() if e.backend != EngineBackend.openai)
+    return max(1, min(int(cluster_cpus - reserved), max(parts, 1)))
 
 
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
