@@ -137,3 +137,37 @@ def test_growers_are_sized_to_the_cluster():
     assert grower_count(None, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, parts=100) == 32
     assert grower_count(None, 16, api, parts=3) == 3  # never more actors than parts
     assert grower_count(5, 2, hf, parts=10) == 5  # a configured count wins
+
+
+def _scripted_results(n: int):
+    from aloe_ray.personas.model import Persona
+
+    specs = make_tree_specs("c", [Persona.pair(f"profile {i}", f"personality {i}") for i in range(n)])
+
+    async def grow_all():
+        return await asyncio.gather(*(grow_tree(s, roles_for(ScriptedEngine()), TreeShape(2)) for s in specs))
+
+    return asyncio.run(grow_all())
+
+
+def test_compaction_bounds_files_and_an_interrupted_one_recovers_exactly(tmp_path):
+    out = RunOutput(str(tmp_path), "c")
+    results = _scripted_results(10)
+    parts = [out.commit(results[i:i + 2]) for i in range(0, 10, 2)]  # 5 parts of 2 trees
+    before_nodes = out.read("nodes").num_rows
+    assert out.compact(trees_per_file=4) == 4  # 2+2 and 2+2 merged; the fifth part is alone
+    trees, nodes = out.read("trees"), out.read("nodes")
+    assert sorted(trees["tree_id"].to_pylist()) == sorted(r.tree["tree_id"] for r in results)
+    assert nodes.num_rows == before_nodes and len(set(nodes["node_id"].to_pylist())) == before_nodes
+    assert len(list((tmp_path / "c" / "trees").glob("*.parquet"))) == 3
+    assert len(list((tmp_path / "c" / "nodes").glob("*.parquet"))) == 3
+
+    # a crash after the merged part was committed but before a replaced part was deleted
+    again = out.commit(results[0:2])
+    assert again == parts[0]
+    state = out.recover(retry_failed=True)
+    assert state.superseded_parts_removed == 1 and state.orphan_parts_removed == 0
+    ids = out.read("trees")["tree_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    assert out.read("nodes").num_rows == before_nodes
+    assert out.compact(trees_per_file=4) == 0  # nothing small left to merge

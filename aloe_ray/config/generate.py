@@ -91,7 +91,12 @@ class RolesConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     trees_per_part: int = Field(default=4, ge=1)
-    """Trees grown together and written as one Parquet part (per table)."""
+    """Trees grown together and committed as one Parquet part (per table): a killed run loses at
+    most the parts in flight."""
+
+    trees_per_file: int = Field(default=2000, ge=1)
+    """After the run, parts of at most half of this are compacted into files of up to this many
+    trees (nodes: their nodes), so the file count follows the data's size, not the commits."""
 
     grower_actors: int | None = Field(default=None, ge=1)
     """Ray Data actors that grow trees (async: they wait on the engines, but each costs ~2.5 ms of

@@ -11,6 +11,7 @@ from importlib import metadata
 
 import pyarrow.compute as pc
 
+from aloe_ray import storage
 from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.config.engines import EngineBackend
@@ -76,13 +77,17 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, s
     pending = [s for s in specs if s.tree_id not in done]
     log(f"[aloe-ray] run {cfg.run_id}: {len(specs)} trees requested from {len(personas)} personas; "
         f"{len(recovered.ok)} already done, {len(pending)} to grow -> {out.root}")
-    if recovered.orphan_parts_removed or recovered.failed_rows_dropped:
-        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s), "
+    if recovered.orphan_parts_removed or recovered.failed_rows_dropped or recovered.superseded_parts_removed:
+        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s) and "
+            f"{recovered.superseded_parts_removed} part(s) an interrupted compaction had replaced; "
             f"{recovered.failed_rows_dropped} failed tree(s) will be grown again")
 
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+    replaced = out.compact(cfg.pipeline.trees_per_file)
+    if replaced:
+        log(f"[aloe-ray] compacted {replaced} small parts into parts of up to {cfg.pipeline.trees_per_file} trees")
     previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
     if not pending and not recovered.failed_rows_dropped and previous.get("quality"):
@@ -189,7 +194,7 @@ def grower_count(configured: int | None, cluster_cpus: float, engines: dict, *, 
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
     # Only the trees table's small columns, and the nodes' row count from Parquet footers: the
     # driver never loads the nodes table.
-    trees = out.read_columns("trees", ["status", "num_pairs", "prompt_tokens", "completion_tokens"])
+    trees = out.read_columns("trees", ["status", "num_pairs", "llm_calls", "prompt_tokens", "completion_tokens"])
     nodes_count = out.count_rows("nodes")
     ok = trees.filter(pc.equal(trees["status"], "ok"))
     return {
@@ -203,9 +208,11 @@ def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_s
             "trees_failed": trees.num_rows - ok.num_rows,
             "nodes": nodes_count,
             "pairs": int(pc.sum(ok["num_pairs"]).as_py() or 0),
+            "llm_calls": int(pc.sum(trees["llm_calls"]).as_py() or 0),
             "prompt_tokens": int(pc.sum(trees["prompt_tokens"]).as_py() or 0),
             "completion_tokens": int(pc.sum(trees["completion_tokens"]).as_py() or 0),
         },
+        "files": {t: len(storage.list_files(out.table(t), ".parquet", out.s3)) for t in ("nodes", "trees")},
         "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
         "engines": engine_stats,
         "tables": {"nodes": NODES.names, "trees": TREES.names},
