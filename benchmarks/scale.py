@@ -28,7 +28,6 @@ import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PERSONAS = 300  # the built-in seeds' training split: 20 profiles x 15 personalities
 
 LAST_RELEASE = ["--pipeline.grower_actors=1", "--pipeline.trees_per_file=1"]
 """The pipeline as configured on the last release: one grower actor, one file per 4-tree part."""
@@ -40,10 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def seed_personas() -> int:
+    """Personas the tree job pairs from the built-in seeds by default."""
+    from aloe_ray.config import PersonaSourceConfig
+    from aloe_ray.personas.loaders import load_personas
+
+    return len(load_personas(PersonaSourceConfig()))
+
+
 def job_config(path: Path, base_url: str, trees: int) -> None:
     api = {"backend": "openai", "model": "loopback", "base_url": base_url, "timeout_s": 60}
     path.write_text(yaml.safe_dump({
-        "num_trees": trees, "samples_per_persona": math.ceil(trees / PERSONAS),
+        "num_trees": trees, "samples_per_persona": math.ceil(trees / seed_personas()),
         "tree": {"max_turns": 3}, "engines": {"api": api},
         "roles": {r: {"engine": "api"} for r in ("simulator", "inducer", "responder", "judge")},
         "pipeline": {"progress_interval_s": 30},

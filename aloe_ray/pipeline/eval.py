@@ -197,8 +197,7 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
     from aloe_ray.engines.pool import EnginePool, start_engine_pools
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
-                 log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
     log("[aloe-ray] starting engine pools: "

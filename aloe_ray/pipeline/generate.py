@@ -123,8 +123,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
-                 log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
     log("[aloe-ray] starting engine pools: "
@@ -145,6 +144,7 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         compute=ActorPoolStrategy(size=growers, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
                                   max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
         num_cpus=p.grower_num_cpus,
+        scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
         fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out, "board": board},
     )
     grow_started = time.monotonic()
@@ -175,7 +175,8 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     heartbeat.beat()
     for tree_id, reason in progress.failures[:5]:
         log(f"[aloe-ray] failed {tree_id}: {reason}")
-    stats: dict = {"grow_s": time.monotonic() - grow_started}
+    stats: dict = {"grow_s": time.monotonic() - grow_started,
+                   "growers_by_node": ray.get(board.placement.remote(), timeout=30)}
     for name, pool in pools.items():
         if isinstance(pool, EnginePool):
             stats[name] = ray.get([h.stats.remote() for h in pool.handles])
@@ -214,6 +215,7 @@ def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_s
         },
         "files": {t: len(storage.list_files(out.table(t), ".parquet", out.s3)) for t in ("nodes", "trees")},
         "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
+        "growers_by_node": engine_stats.pop("growers_by_node", {}),
         "engines": engine_stats,
         "tables": {"nodes": NODES.names, "trees": TREES.names},
         "packages": package_versions(),

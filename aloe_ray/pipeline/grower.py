@@ -41,8 +41,13 @@ class TreeGrower:
         self.shape = shape
         self.output = output
         self.board = board
-        """Handle of the run's ProgressBoard actor (or None): told of tree starts and finished turns,
-        fire and forget."""
+        """Handle of the run's ProgressBoard actor (or None): told where this grower runs, of tree
+        starts and of finished turns, fire and forget."""
+        if board is not None:
+            import ray
+
+            ctx = ray.get_runtime_context()
+            board.grower_started.remote(ctx.get_actor_id() or "driver", ctx.get_node_id())
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
         specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]

@@ -348,7 +348,7 @@ class _RayRunner:
 
         if not ray.is_initialized():
             c = self.cfg.ray
-            ray.init(address=c.address, num_cpus=c.num_cpus, namespace=c.namespace, log_to_driver=True)
+            ray.init(**c.init_kwargs())
         DataContext.get_current().enable_progress_bars = False
         return ray
 

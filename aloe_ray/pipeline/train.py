@@ -186,7 +186,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     from aloe_ray.train.worker import train_loop
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace, log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and storage.is_local(root) and not os.environ.get("ALOE_SHARED_FS"):
         raise TreeDataError(f"output {cfg.output} is a local path but the cluster has {len(nodes)} nodes: workers on "
