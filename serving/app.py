@@ -65,8 +65,11 @@ class ChatServer:
 
     @api.get("/health")
     async def health(self) -> dict:
+        import psutil
+
         keys = ("running", "cancelled", "requests", "generated_tokens", "batch_width")
         return {"status": "ok", "models": list(self.engines),
+                "replica": {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss},
                 "engines": {name: {k: e.stats.as_dict()[k] for k in keys} for name, e in self.engines.items()}}
 
     @api.get("/v1/models")
