@@ -114,29 +114,19 @@ def main() -> None:
     if args.url:
         asyncio.run(run(args.url, args.model, args))
         return
-    import socket
+    import sys
 
-    import ray
     import yaml
-    from ray import serve
 
-    from serving.app import build_app
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from local_serve import local_serve
 
     config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "serving", "config.yaml")
     app_args = {**yaml.safe_load(open(config))["applications"][0]["args"], "model": args.model,
                 "min_replicas": 1, "max_replicas": 1}  # one replica: its RSS is the one /health reports
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_args), name="aloe", route_prefix="/")
     print("app args:", app_args)
-    try:
-        asyncio.run(run(f"http://127.0.0.1:{port}", args.model, args))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(app_args) as url:
+        asyncio.run(run(url, args.model, args))
 
 
 if __name__ == "__main__":
