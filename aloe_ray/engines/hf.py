@@ -25,11 +25,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aloe_ray.engines.base import ChatRequest, Completion, Sampling
+from aloe_ray.engines.base import ChatRequest, Completion
 from aloe_ray.engines.hf_batch import DecodeBatch
 from aloe_ray.engines.prefix_cache import PrefixCache
 from aloe_ray.engines.prompt_fit import fit_messages
 from aloe_ray.engines.reply_text import ReplyText
+from aloe_ray.engines.row_sampling import row_generator, sample_token
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class HFEngine:
                 continue
             s = p.request.sampling
             text = ReplyText(self._decode, s.stop) if (s.stop or p.on_text) else None
-            joined.append((_Row(p, len(prompt), _generator(s.seed), text), layers, last, len(prompt)))
+            joined.append((_Row(p, len(prompt), row_generator(s.seed), text), layers, last, len(prompt)))
         if joined:
             batch.admit(joined)
 
@@ -286,7 +287,7 @@ class HFEngine:
                 self.stats.generated_tokens += len(row.tokens)
                 continue
             s = row.pending.request.sampling
-            tok = greedy[i] if s.temperature <= 0 else _sample(batch.logits[i].cpu(), s, row.generator)
+            tok = greedy[i] if s.temperature <= 0 else sample_token(batch.logits[i].cpu(), s, row.generator)
             if tok in self.eos_ids:
                 row.finish = "stop"
             else:
@@ -365,33 +366,3 @@ class HFEngine:
         return Completion(text=req.choices[best], finish_reason="choice", prompt_tokens=len(tokens),
                           completion_tokens=1, model=self.model_name, choice_probs=probs)
 
-
-def _generator(seed: int | None):
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else torch.seed())
-    return g
-
-
-_TOP_K_FIRST = 1024
-
-
-def _sample(logits, sampling: Sampling, generator) -> int:
-    """Temperature + nucleus (top_p) sampling with the row's own generator (greedy rows are taken
-    by one argmax over the batch). The nucleus is searched among the top 1024 tokens first
-    (cheaper than sorting the vocabulary), falling back to the full sort when they hold less than
-    top_p of the mass: same result either way."""
-    import torch
-
-    if sampling.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    top, order = torch.topk(probs, min(_TOP_K_FIRST, probs.shape[-1]))
-    if float(top.sum()) < sampling.top_p:
-        top, order = torch.sort(probs, descending=True)
-    outside = torch.cumsum(top, dim=-1) - top > sampling.top_p
-    top = top.masked_fill(outside, 0.0)
-    return int(order[torch.multinomial(top, 1, generator=generator)])
