@@ -1,7 +1,9 @@
 """The Serve application: `serve run serving/config.yaml`, `serve deploy`, or a RayService with
 `import_path: serving.app:build_app`.
 
-Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health.
+Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health; the
+interactive evaluation page at GET / and its API under /interactive (serving/interactive.py);
+the API documented at /docs.
 CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
 one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
 vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model name selects the
@@ -21,10 +23,12 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from serving import interactive
 from serving.config import ServeArgs, ServeBackend
 from serving.openai_api import APIError, ChatCompletionRequest, completion_body, stream_chunks
 
-api = FastAPI(title="aloe-ray", docs_url=None, redoc_url=None)
+api = FastAPI(title="aloe-ray", docs_url="/docs", redoc_url=None)
+interactive.mount(api)
 
 
 def adapter_base(merged_folder: str) -> str | None:
@@ -58,6 +62,8 @@ class ChatServer:
                     "was not trained for", a.name, trained_on, self.args.model)
         self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size)
                         for name, path in folders.items()}
+        self.interactive = (interactive.InteractiveService(self.args, self.engines)
+                            if self.args.interactive.enabled else None)
 
     @api.get("/health")
     async def health(self) -> dict:
