@@ -265,6 +265,7 @@ function columns(n, extra) {
 }
 
 function userNode(n, kids, extra) {
+  const probs = n.judge_probs || [];
   const cands = (kids.get(n.node_id) || []).sort((a, b) => a.candidate_index - b.candidate_index);
   const induced = n.induced_ok ? `profile: ${fmt(n.induced_profile)} · personality: ${fmt(n.induced_personality)}`
     : `inducer reply not parsed: ${fmt(n.induced_raw)}`;
@@ -278,6 +279,7 @@ function userNode(n, kids, extra) {
         el("b", {}, `Candidate ${c.candidate_index} · ${c.personalized ? "personalized" : "plain"}`),
         el("span", { class: `badge ${c.label}` }, c.label || "unlabelled"),
         c.continued ? el("span", { class: "flag" }, "continued") : null,
+        probs[c.candidate_index] !== undefined ? el("span", { class: "score" }, `judge p ${fmt(probs[c.candidate_index])}`) : null,
         el("p", {}, c.text), columns(c, extra)),
       el("ul", {}, (kids.get(c.node_id) || []).map((u) => userNode(u, kids, extra)))))));
 }
