@@ -275,6 +275,7 @@ def test_page_in_a_real_browser(app):
         docs = bool(os.environ.get("ALOE_DOCS_IMG"))  # the README's screenshot: longer replies, 3 turns
         page.fill("#turns", "3" if docs else "2")
         page.fill("#maxTokens", "40" if docs else "8")
+        page.fill("#seed", "3")
         page.click("#start")
         expect(page.locator("#session")).to_be_visible()
         page.click("#runAll")

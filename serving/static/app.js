@@ -88,6 +88,7 @@ async function startSession() {
   const body = { models: [$("#modelA").value], mode: $("#mode").value, turns: Number($("#turns").value) };
   if ($("#modelB").value) body.models.push($("#modelB").value);
   if ($("#maxTokens").value) body.max_tokens = Number($("#maxTokens").value);
+  if ($("#seed").value) body.seed = Number($("#seed").value);
   if ($("#persona").value === "__custom") body.persona = { profile: $("#profile").value, personality: $("#personality").value };
   else body.persona_id = $("#persona").value;
   state.view = await postJSON("/interactive/sessions", body);
