@@ -122,6 +122,8 @@ class Session:
     def prefer(self, turn: int, label: str) -> None:
         if not self.side_by_side:
             raise ValueError("preferences need a side-by-side session (two models)")
+        if self.ended:
+            raise ValueError(f"session {self.session_id} has ended ({self.ended}): its preferences are written")
         if not 1 <= turn <= len(self.turns):
             raise ValueError(f"turn {turn} has not been played (turns played: {len(self.turns)})")
         if label not in LABELS:

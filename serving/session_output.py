@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from aloe_ray import storage
 from aloe_ray.config.eval import ReportConfig
-from aloe_ray.eval.rollout import RolloutResult
+from aloe_ray.eval.rollout import HUMAN, RolloutResult
 from aloe_ray.pipeline.eval import write_report
 from aloe_ray.pipeline.eval_output import EvalOutput, eval_root
 from aloe_ray.prompts.eval import EVAL_PROMPT_VERSION
@@ -43,6 +43,8 @@ def write_session(session: Session, output: str, *, judge_mode: dict, report: Re
         rollout = side.rollout.rollout_row("ok", None, latency)
         out.commit([RolloutResult(rollout=rollout, turns=rows)])
         models = side.rollout.roles.models()
+        if session.mode == "human":
+            models["simulator"] = HUMAN  # a person wrote the user turns
         meta = {"name": spec.eval_name, "run_id": RUN_ID, "output": out.root, "models": models,
                 "judge_history": judge_mode["history"], "scoring": judge_mode["scoring"],
                 "prompt_version": EVAL_PROMPT_VERSION, "personas_requested": 1, "personas_available": 1,

@@ -95,6 +95,8 @@ def test_side_by_side_is_blind_continues_along_preference_and_yields_dpo_pairs(t
     assert pairs[0]["chosen"][0]["content"].startswith("m1") and pairs[0]["rejected"][0]["content"].startswith("m2")
     assert pairs[1]["prompt"] == t3.prompt
     s.ended = "finished"
+    with pytest.raises(ValueError, match="has ended"):
+        s.prefer(1, "A")
     written = write_session(s, str(tmp_path), judge_mode={"history": True, "scoring": "expected"},
                             report=ReportConfig(bootstrap_samples=10))
     assert s.view()["models"] == {label_of["m1"]: "m1", label_of["m2"]: "m2"}
@@ -134,3 +136,26 @@ def test_store_evicts_idle_sessions_refuses_when_all_busy_and_sweeps():
             store.get(c.session_id)
 
     asyncio.run(scenario())
+
+
+def test_interactive_args_are_checked_and_engines_reused_or_remote():
+    from pydantic import ValidationError
+
+    from aloe_ray.engines.openai_api import OpenAIEngine
+    from serving.config import ServeArgs
+    from serving.interactive import InteractiveService
+
+    with pytest.raises(ValidationError, match="interactive.judge.engine is 'big'"):
+        ServeArgs.model_validate({"interactive": {"judge": {"engine": "big"}}})
+    with pytest.raises(ValidationError, match="base_url"):
+        ServeArgs.model_validate({"interactive": {"engines": {"api": {"backend": "openai", "model": "x"}}}})
+    with pytest.raises(ValidationError, match="colour"):
+        ServeArgs.model_validate({"interactive": {"colour": "red"}})
+    args = ServeArgs.model_validate({"served_model_name": "base", "interactive": {
+        "engines": {"default": {}, "api": {"backend": "openai", "model": "judge-70b", "base_url": "http://127.0.0.1:9/v1"}},
+        "judge": {"engine": "api"}}})
+    served = Engine("base")
+    svc = InteractiveService(args, {"base": served})
+    assert svc.simulator.engine is served  # the bundled model already loaded by the replica, not a second copy
+    assert isinstance(svc.judge.engine, OpenAIEngine) and svc.judge.engine.model_name == "judge-70b"
+    assert svc.options()["roles"] == {"simulator": "base", "judge": "judge-70b"} and len(svc.personas) == 100
