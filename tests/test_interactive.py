@@ -295,6 +295,10 @@ def test_page_in_a_real_browser(app):
         expect(page.locator("#reveal")).to_contain_text("aloe-lora", timeout=120_000)
         expect(page.locator("#reveal")).to_contain_text("aloe-base")
         page.screenshot(path=str(shots / "interactive-revealed.png"), full_page=True)
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = json.loads(Path(download.value.path()).read_text())
+        assert saved["ended"] == "finished" and saved["preferences"] == {"1": "B"} and len(saved["turns"]) == turns
         page.click("#tab-trees")
         expect(page.locator(".tree-row")).to_have_count(2)
         page.locator(".tree-row").first.click()
