@@ -65,6 +65,10 @@ class ChatServer:
         self.interactive = (interactive.InteractiveService(self.args, self.engines)
                             if self.args.interactive.enabled else None)
 
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops: live sessions get written
+        if getattr(self, "interactive", None) is not None:
+            await self.interactive.close()
+
     @api.get("/health")
     async def health(self) -> dict:
         return {"status": "ok", "models": list(self.engines)}

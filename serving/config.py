@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from aloe_ray import storage
 from aloe_ray.config.base import StorageConfig, StrictModel
 from aloe_ray.config.engines import EngineConfig, RoleConfig, SamplingConfig
 from aloe_ray.config.eval import JudgeConfig, ReportConfig
@@ -35,7 +37,7 @@ class InteractiveArgs(StrictModel):
 
     enabled: bool = True
     """Serve the page and the session API."""
-    output: str = "./aloe-data"
+    output: str = Field(default="./aloe-data", validate_default=True)
     """Finished sessions go to <output>/interactive/ (local, file:// or s3://)."""
     trees_root: str | None = None
     """A tree run root (<output>/<run_id>, local or s3://) the tree view browses; unset: none."""
@@ -63,6 +65,14 @@ class InteractiveArgs(StrictModel):
     """report.json settings of a written session (one persona: no intervals to resample)."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
     """Object-store settings for `output` and `trees_root`."""
+
+    @field_validator("output", "trees_root")
+    @classmethod
+    def _absolute_local(cls, uri: str | None) -> str | None:
+        """Local paths made absolute where the app is built: replicas do not share its working directory."""
+        if uri and storage.is_local(uri):
+            return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+        return uri
 
     @model_validator(mode="after")
     def _roles_name_engines(self) -> InteractiveArgs:

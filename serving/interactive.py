@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from importlib import resources
 from typing import Literal
@@ -207,6 +208,14 @@ class InteractiveService:
                 yield json.dumps({"event": "done", "session": session.view()}) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def close(self) -> None:
+        """End and write every live session (the replica is stopping)."""
+        for session in list(self.store.sessions.values()):
+            try:
+                await self.store.end(session, "server_stopped")
+            except Exception:  # one failed write must not lose the others
+                logging.getLogger("ray.serve").exception("interactive: writing session %s failed", session.session_id)
 
     async def finish(self, session: Session) -> dict:
         await self.store.end(session, "finished")

@@ -71,7 +71,8 @@ class Session:
     turns: list[Turn] = field(default_factory=list)
     preferences: dict[int, str] = field(default_factory=dict)
     ended: str | None = None
-    """None while live; 'finished', 'abandoned' (idle timeout) or 'evicted' (store full)."""
+    """None while live; 'finished', 'abandoned' (idle timeout), 'evicted' (store full) or
+    'server_stopped' (the replica shut down)."""
     written: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

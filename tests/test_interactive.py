@@ -312,3 +312,14 @@ def test_page_in_a_real_browser(app):
         for name in ("interactive.png", "trees.png"):
             shutil.copy(shots / name, REPO / "docs" / "img" / name)
     assert (shots / "interactive.png").stat().st_size > 10_000
+
+
+def test_stopping_the_app_writes_live_sessions(app):
+    """Last in the module: it deletes the shared app. A replica that stops writes its live sessions."""
+    from ray import serve
+
+    s = create(app, persona={"profile": "A beekeeper in Kent.", "personality": "Talkative."}, mode="human", turns=2)
+    ok(call(app, "POST", f"/interactive/sessions/{s['session_id']}/turns", {"message": "My bees swarmed today."}))
+    serve.delete("aloe-interactive")
+    saved = json.loads((app["out"] / "interactive" / "sessions" / f"{s['session_id']}.json").read_text())
+    assert saved["ended"] == "server_stopped" and len(saved["turns"]) == 1
