@@ -1,9 +1,11 @@
 """The Serve application: `serve run serving/config.yaml`, `serve deploy`, or a RayService with
 `import_path: serving.app:build_app`.
 
-Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health; the
-interactive evaluation page at GET / and its API under /interactive (serving/interactive.py);
-the API documented at /docs.
+Routes: POST /v1/chat/completions (streaming token by token, or not), GET /v1/models, GET /health.
+Every failure answers with an OpenAI-shaped error body (serving/errors.py). A request past
+`request_timeout_s` gets 504 (an error event once its stream has started) and stops decoding.
+The interactive evaluation page is at GET / and its API under /interactive (serving/interactive.py);
+both are documented at /docs.
 CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
 one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
 vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model name selects the
@@ -25,9 +27,11 @@ from ray.serve import Application
 
 from serving import interactive
 from serving.config import ServeArgs, ServeBackend
-from serving.openai_api import APIError, ChatCompletionRequest, completion_body, stream_chunks
+from serving.errors import error_response, install_error_handlers, internal_error
+from serving.openai_api import APIError, ChatCompletionRequest, ChunkWriter, completion_body
 
 api = FastAPI(title="aloe-ray", docs_url="/docs", redoc_url=None)
+install_error_handlers(api)
 interactive.mount(api)
 
 
@@ -71,7 +75,12 @@ class ChatServer:
 
     @api.get("/health")
     async def health(self) -> dict:
-        return {"status": "ok", "models": list(self.engines)}
+        import psutil
+
+        keys = ("running", "cancelled", "requests", "generated_tokens", "batch_width")
+        return {"status": "ok", "models": list(self.engines),
+                "replica": {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss},
+                "engines": {name: {k: e.stats.as_dict()[k] for k in keys} for name, e in self.engines.items()}}
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -88,7 +97,9 @@ class ChatServer:
             req = await self._parse(request)
             return await self._complete(req)
         except APIError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+            return error_response(err)
+        except Exception as exc:
+            return error_response(internal_error(exc))
 
     def _check_auth(self, request: Request) -> JSONResponse | None:
         if self.api_key is None:
@@ -127,22 +138,58 @@ class ChatServer:
         return req
 
     async def _complete(self, req: ChatCompletionRequest):
-        from aloe_ray.engines.base import ChatRequest, Sampling
+        from aloe_ray.engines.base import ChatRequest, PromptTooLong, Sampling
 
         max_tokens = req.max_completion_tokens or req.max_tokens or self.args.default_max_tokens
-        chat = ChatRequest(messages=tuple(m.model_dump() for m in req.messages),
-                           sampling=Sampling(req.temperature, req.top_p, max_tokens, req.seed))
+        chat = ChatRequest(messages=tuple(m.as_message() for m in req.messages),
+                           sampling=Sampling(req.temperature, req.top_p, max_tokens, req.seed, req.stop_strings()))
+        engine = self.engines[req.model]
         try:
-            (out,) = await asyncio.wait_for(self.engines[req.model].chat([chat]), self.args.request_timeout_s)
+            if req.stream:
+                return await self._stream(req, engine.stream(chat))
+            (out,) = await asyncio.wait_for(engine.chat([chat]), self.args.request_timeout_s)
         except asyncio.TimeoutError:
-            raise APIError(504, f"generation took longer than {self.args.request_timeout_s}s", "timeout") from None
-        if not req.stream:
-            return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
+            raise self._timeout() from None
+        except PromptTooLong as exc:
+            raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
+
+    def _timeout(self) -> APIError:
+        return APIError(504, f"generation took longer than {self.args.request_timeout_s}s", "timeout", code="timeout")
+
+    async def _stream(self, req: ChatCompletionRequest, items) -> StreamingResponse:
+        """SSE chunks as the engine decodes. The first item is awaited before answering, so a
+        request that fails at once gets its HTTP status; later failures end the stream with an
+        error event. Closing `items` (done, failed, timed out, client gone) stops the decoding."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.args.request_timeout_s
+        try:
+            first = await asyncio.wait_for(anext(items), self.args.request_timeout_s)
+        except BaseException:
+            await items.aclose()
+            raise
+        writer = ChunkWriter(req.model, include_usage=bool(req.stream_options and req.stream_options.include_usage))
+
+        def sse(body: dict) -> str:
+            return f"data: {json.dumps(body)}\n\n"
 
         async def events():
-            for chunk in stream_chunks(req.model, out.text, out.finish_reason):
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
+            try:
+                yield sse(writer.role())
+                item = first
+                while isinstance(item, str):
+                    yield sse(writer.content(item))
+                    item = await asyncio.wait_for(anext(items), deadline - loop.time())
+                yield sse(writer.finish(item.finish_reason))
+                if writer.include_usage:
+                    yield sse(writer.usage(item.prompt_tokens, item.completion_tokens))
+                yield "data: [DONE]\n\n"
+            except asyncio.TimeoutError:
+                yield sse(self._timeout().body())
+            except Exception as exc:
+                yield sse(internal_error(exc).body())
+            finally:
+                await items.aclose()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

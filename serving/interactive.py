@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -304,23 +303,13 @@ def _page(name: str, media_type: str):
 
 
 def mount(api: FastAPI) -> None:
-    """Add the page, its assets, the /interactive routes and OpenAI-style errors to the app."""
+    """Add the page, its assets and the /interactive routes to the app (whose OpenAI-style error
+    handlers, serving/errors.py, answer the APIErrors raised here)."""
     api.include_router(router)
     api.add_api_route("/", _page("index.html", "text/html"), methods=["GET"], include_in_schema=False)
     for name, media in (("app.js", "text/javascript"), ("style.css", "text/css")):
         api.add_api_route(f"/static/{name}", _page(name, media), methods=["GET"], include_in_schema=False)
 
-    @api.exception_handler(APIError)
-    async def api_error(_request: Request, err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
-
     @api.exception_handler(_Refused)
     async def refused(_request: Request, exc: _Refused) -> JSONResponse:
         return exc.response
-
-    @api.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        err = APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
-        return JSONResponse(err.body(), status_code=400)

@@ -6,13 +6,39 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[TextPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value):
+        if isinstance(value, list):  # said here, before the str-or-list union hides the reason
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                if kind != "text":
+                    raise ValueError(f"only text content parts are supported, got type '{kind}'")
+        return value
+
+    def as_message(self) -> dict[str, str]:
+        """The engine's message: text parts joined into one string."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -24,8 +50,21 @@ class ChatCompletionRequest(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value):
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return value
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
 class APIError(Exception):
@@ -38,6 +77,11 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 def completion_body(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -45,24 +89,42 @@ def completion_body(model: str, text: str, finish_reason: str, prompt_tokens: in
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": _finish(finish_reason), "logprobs": None}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+                     "finish_reason": finish(finish_reason), "logprobs": None}],
+        "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def stream_chunks(model: str, text: str, finish_reason: str) -> list[dict]:
-    """The chunks of a streamed reply: role, content pieces, finish."""
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+class ChunkWriter:
+    """The chunks of one streamed reply: role, content deltas, finish, then (when asked for with
+    stream_options.include_usage) a usage chunk with no choices; with it, every chunk carries
+    `usage: null` as OpenAI's do."""
 
-    def chunk(delta: dict, finish: str | None = None) -> dict:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    def __init__(self, model: str, include_usage: bool = False) -> None:
+        self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.include_usage = include_usage
 
-    pieces = [text[i:i + 16] for i in range(0, len(text), 16)]
-    return [chunk({"role": "assistant", "content": ""}), *(chunk({"content": p}) for p in pieces),
-            chunk({}, _finish(finish_reason))]
+    def _chunk(self, choices: list, usage_: dict | None = None) -> dict:
+        out = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "choices": choices}
+        if self.include_usage:
+            out["usage"] = usage_
+        return out
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> dict:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}])
+
+    def role(self) -> dict:
+        return self.delta({"role": "assistant", "content": ""})
+
+    def content(self, text: str) -> dict:
+        return self.delta({"content": text})
+
+    def finish(self, reason: str) -> dict:
+        return self.delta({}, finish(reason))
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        return self._chunk([], usage(prompt_tokens, completion_tokens))
 
 
-def _finish(reason: str) -> str:
+def finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"

@@ -27,7 +27,7 @@ def test_defaults_then_file_then_flags(tmp_path):
     assert cfg.engines["default"].replicas == 2
     assert cfg.roles.judge.engine == "judge"
     assert cfg.roles.simulator.sampling.temperature == 0.2
-    assert cfg.roles.simulator.sampling.max_tokens == 48  # role-specific default survives
+    assert cfg.roles.simulator.sampling.max_tokens == 96  # role-specific default survives
 
 
 def test_text_fields_take_flags_as_typed():
@@ -114,3 +114,31 @@ def test_schema_doc_is_in_sync():
     from conftest import REPO
 
     assert (REPO / "docs" / "schemas.md").read_text() == schema_doc(), "run: python -m aloe_ray.schema > docs/schemas.md"
+
+
+def test_reference_preset_is_one_switch_for_every_job(tmp_path):
+    from aloe_ray.config import EvalConfig, GeneratePersonasConfig, GenerateTreesConfig
+    from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
+
+    trees = load_config(GenerateTreesConfig, ["--preset=reference"])
+    assert (trees.tree.num_candidates, trees.tree.policy.value, trees.tree.max_turns) == (2, "random", 10)
+    assert trees.roles.responder.sampling.max_tokens == 300 and trees.roles.responder.sampling.temperature == 0.7
+    ev = load_config(EvalConfig, ["--preset", "reference"])
+    assert (ev.num_personas, ev.turns, ev.judge.history, ev.judge.scoring.value) == (100, 10, False, "sampled")
+    dpo = load_config(TrainDPOConfig, ["--preset=reference", "--data.trees=x"])
+    assert (dpo.beta, dpo.lora.enabled, dpo.learning_rate(), dpo.optim.num_epochs, dpo.optim.max_steps,
+            dpo.from_sft) == (0.9, False, 1e-5, 1, -1, None)
+    assert dpo.optim.per_device_batch_size * dpo.optim.gradient_accumulation_steps * dpo.scaling.num_workers == 48
+    sft = load_config(TrainSFTConfig, ["--preset=reference", "--data.trees=x"])
+    assert (sft.lora.enabled, sft.learning_rate(), sft.optim.max_steps) == (False, 1e-5, -1)
+    personas = load_config(GeneratePersonasConfig, ["--preset=reference"])
+    assert (personas.profiles.examples_per_request, personas.profiles.new_per_request,
+            personas.personalities.new_per_request, personas.similarity_threshold) == (5, 20, 20, 0.6)
+    # flags and a config file still override the preset; an unknown preset is refused by name
+    assert load_config(GenerateTreesConfig, ["--preset=reference", "--tree.max_turns=4"]).tree.max_turns == 4
+    f = tmp_path / "c.yaml"
+    f.write_text("tree: {policy: chosen}\n")
+    from_file = load_config(GenerateTreesConfig, ["--preset=reference", f"--config={f}"])
+    assert (from_file.tree.policy.value, from_file.tree.max_turns, from_file.num_trees) == ("chosen", 10, 4)
+    with pytest.raises(ConfigError, match="unknown preset 'refrence'; did you mean 'reference'"):
+        load_config(GenerateTreesConfig, ["--preset=refrence"])

@@ -116,7 +116,7 @@ def test_rollout_against_the_serve_app_to_s3_resume_and_compare(serve_and_s3, tm
     assert again.num_rows == 4 and sorted(again["reply"].to_pylist()) == sorted(turns["reply"].to_pylist())
     # changed rollout settings under the same name are refused, not mixed into the table
     assert job.main([*args, "--judge.history=false"]) == 2
-    assert "other settings (judge differ)" in capsys.readouterr().err
+    assert "other settings (judge.history differ)" in capsys.readouterr().err
     assert out.read("turns").num_rows == 4
 
     # compare: the S3 evaluation next to a second, local report

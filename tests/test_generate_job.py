@@ -64,6 +64,42 @@ def manifest_tokens(run_dir) -> int:
     return sum(s["served_tokens"] for s in manifest["engines"]["default"])
 
 
+def check_quality_report(q: dict, nodes, stdout: str, run_dir) -> None:
+    """The manifest's quality figures equal a recount from the nodes table; the files and the
+    job log's warnings are there."""
+    rows = nodes.to_pylist()
+    users = [n for n in rows if n["role"] == "user"]
+    replies = [n for n in rows if n["role"] == "assistant"]
+    by_id = {n["node_id"]: n for n in rows}
+    assert q["user_messages"] == len(users) and q["judged_turns"] == len(users)
+    assert q["inducer_parse_rate"] == sum(bool(u["induced_ok"]) for u in users) / len(users)
+    assert q["cut"]["simulator"] == sum(u["finish_reason"] == "length" for u in users)
+    assert q["cut"]["responder"] == sum(r["finish_reason"] == "length" for r in replies)
+    assert q["cut"]["inducer"] == sum(u["induced_finish_reason"] == "length" for u in users)
+    assert q["replies"]["judge"] == len(users) and q["cut"]["judge"] == 0  # constrained: one token
+    chosen = [r for r in replies if r["label"] == "chosen"]
+    assert q["personalized_chosen_rate"] == sum(r["personalized"] for r in chosen) / len(users)
+    first = sum(u["judge_order"][0] == u["judge_choice"] for u in users)
+    assert q["chosen_position_share"]["A"] == first / len(users)
+    for u in users:  # the recorded order is a permutation and the verdict indexes candidates
+        kids = [r for r in replies if r["parent_id"] == u["node_id"]]
+        assert sorted(u["judge_order"]) == [0, 1]
+        assert next(k for k in kids if k["label"] == "chosen")["candidate_index"] == u["judge_choice"]
+        assert u["text_raw"] is not None and u["text"].strip()
+        assert abs(sum(u["judge_probs"]) - 1) < 1e-4
+    ok_pairs = sum(1 for u in users if all(by_id[r["node_id"]]["finish_reason"] != "length"
+                                           for r in replies if r["parent_id"] == u["node_id"]))
+    assert q["dpo_pairs_default_filters"] <= ok_pairs
+    assert sum(q["dpo_dropped"].values()) + q["dpo_pairs_default_filters"] == len(users)
+    folder = run_dir / "jobs" / "generate_trees"
+    assert (folder / "quality.md").read_text().startswith("# Data quality")
+    assert (folder / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[aloe-ray] quality: inducer parsed" in stdout
+    for warning in q["warnings"]:
+        assert f"WARNING (data quality): {warning}" in stdout
+    assert q["cut_share"]["responder"] > 0.30 and any("responder replies were cut" in w for w in q["warnings"])
+
+
 def test_local_run_writes_tables_manifest_and_resumes(tmp_path):
     out_dir = str(tmp_path / "data")
     proc = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=3")
@@ -82,6 +118,7 @@ def test_local_run_writes_tables_manifest_and_resumes(tmp_path):
     assert manifest["config"]["run_id"] == "local" and manifest["packages"]["ray"] == "2.60.0"
     assert manifest["engines"]["default"][0]["generated_tokens"] > 0
     assert "max_turns: 2" in (tmp_path / "data" / "local" / "jobs" / "generate_trees" / "config.yaml").read_text()
+    check_quality_report(manifest["quality"], nodes, proc.stdout, tmp_path / "data" / "local")
 
     # a rerun with the same run_id and a larger target grows only the missing tree
     again = run_job(f"--output={out_dir}", "--run_id=local", "--num_trees=4")

@@ -88,3 +88,121 @@ def test_prefix_cache_resumes_a_conversation_with_the_same_output(bundled_model_
     assert cached.prefix_cache.hits_tokens >= with_cache[0].prompt_tokens - 1
     assert cached.stats.as_dict()["prefix_cache_hit_rate"] > 0.3
     assert plain.prefix_cache.hits_tokens == 0
+    # engines of one process share one CPU thread budget and run one forward pass at a time
+    assert cached._forward_lock is plain._forward_lock
+
+
+def test_engines_in_one_process_share_the_cpu_threads(engine, bundled_model_path):
+    import torch
+
+    from aloe_ray.engines.hf import HFEngine
+
+    threads = torch.get_num_threads()
+    other = HFEngine(bundled_model_path, max_batch_size=2, torch_threads=threads + 7)
+    assert torch.get_num_threads() == threads and other._forward_lock is engine._forward_lock
+
+    async def both():
+        return await asyncio.gather(engine.chat([greedy("Name a bird.", 6)]), other.chat([greedy("Name a bird.", 6)]))
+
+    a, b = asyncio.run(both())
+    assert a[0].text == b[0].text  # same weights, greedy: interleaved steps do not disturb each other
+
+
+def greedy(text: str, max_tokens: int = 24, stop=(), system: str | None = None) -> ChatRequest:
+    messages = ({"role": "system", "content": system},) if system else ()
+    return ChatRequest(messages=(*messages, {"role": "user", "content": text}),
+                       sampling=Sampling(temperature=0.0, max_tokens=max_tokens, stop=tuple(stop)))
+
+
+def test_stop_strings_cut_the_reply(engine):
+    (full,) = asyncio.run(engine.chat([greedy("Describe a forest in two sentences.")]))
+    words = full.text.split()
+    assert len(words) > 4, full.text
+    stop = words[3]
+    (cut,) = asyncio.run(engine.chat([greedy("Describe a forest in two sentences.", stop=[stop, "#never#"])]))
+    assert cut.finish_reason == "stop" and stop not in cut.text
+    assert full.text.startswith(cut.text) and len(cut.text) < full.text.index(stop) + 1
+    assert cut.completion_tokens < full.completion_tokens
+
+
+def test_stream_yields_deltas_that_add_up_to_the_reply(engine):
+    async def streamed():
+        items = [item async for item in engine.stream(greedy("Tell me about the moon.", max_tokens=20))]
+        return items[:-1], items[-1]
+
+    deltas, final = asyncio.run(streamed())
+    (whole,) = asyncio.run(engine.chat([greedy("Tell me about the moon.", max_tokens=20)]))
+    assert all(isinstance(d, str) and d for d in deltas) and len(deltas) > 3
+    assert "".join(deltas) == final.text == whole.text
+    assert final.completion_tokens == whole.completion_tokens
+
+
+def test_batch_shrinks_to_its_longest_live_row(engine):
+    long_prompt = "Here is some context. " * 60
+
+    async def run():
+        short = engine.stream(greedy("Hi.", max_tokens=30))
+        first = await short.__anext__()  # the short row is decoding
+        long = asyncio.ensure_future(engine.chat([greedy(long_prompt, max_tokens=2)]))
+        widths = []
+        async for item in short:
+            if long.done():
+                widths.append(engine.stats.batch_width)
+        return first, (await long)[0], item, widths
+
+    _, long, short, widths = asyncio.run(run())
+    assert long.prompt_tokens > 200 and widths
+    assert max(widths) <= short.prompt_tokens + short.completion_tokens  # the long row's padding went
+
+
+def test_a_cancelled_request_stops_decoding(engine):
+    before = engine.stats.as_dict()
+
+    async def run():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.chat([greedy("Write a long story about ships.", max_tokens=400)]), 0.5)
+        for _ in range(200):  # bounded wait for the worker's next step
+            if engine.stats.running == 0:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    after = engine.stats.as_dict()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["running"] == 0
+    assert after["generated_tokens"] - before["generated_tokens"] < 400
+
+
+def test_a_closed_stream_stops_decoding(engine):
+    before = engine.stats.as_dict()
+
+    async def run():
+        stream = engine.stream(greedy("Write a long story about trains.", max_tokens=400))
+        await stream.__anext__()
+        await stream.aclose()
+        for _ in range(200):
+            if engine.stats.running == 0:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert engine.stats.as_dict()["cancelled"] == before["cancelled"] + 1
+
+
+def test_too_long_prompt_drops_old_turns_and_keeps_the_system_prompt(engine, monkeypatch):
+    from aloe_ray.engines.base import PromptTooLong
+
+    system = {"role": "system", "content": "You are a pirate."}
+    turns = tuple({"role": ("user", "assistant")[i % 2], "content": f"Message {i}: " + "words " * 40}
+                  for i in range(7))
+    req = ChatRequest(messages=(system, *turns), sampling=Sampling(0.0, 1.0, 4, 0))
+    full = len(engine._render(req.messages))
+    monkeypatch.setattr(engine, "max_input_tokens", full - 10)
+    kept = engine.tokenizer.decode(engine._encode(req))
+    assert "You are a pirate." in kept and "Message 0:" not in kept and "Message 6:" in kept
+    (c,) = asyncio.run(engine.chat([req]))
+    assert c.prompt_tokens <= full - 10
+    monkeypatch.setattr(engine, "max_input_tokens", 30)
+    with pytest.raises(PromptTooLong, match="input limit of 30"):
+        asyncio.run(engine.chat([req]))
+    monkeypatch.undo()
+    assert asyncio.run(engine.chat([greedy("Still alive?", max_tokens=2)]))[0].completion_tokens > 0

@@ -44,8 +44,8 @@ def make_tree_run(root: Path) -> str:
     part = out.commit(results)
     nodes_uri = storage.join(out.table("nodes"), part)
     nodes = storage.read_parquet(nodes_uri, schema=NODES)
-    order = pa.array([i % 2 if r == "user" else None for i, r in enumerate(nodes["role"].to_pylist())], pa.int32())
-    storage.write_parquet(nodes_uri, nodes.append_column("judge_order", order))
+    note = pa.array(["repeats turn 1" if r == "user" else None for r in nodes["role"].to_pylist()], pa.string())
+    storage.write_parquet(nodes_uri, nodes.append_column("quality_note", note))
     return out.root
 
 
@@ -239,7 +239,7 @@ def test_tree_view_lists_and_opens_a_tree_with_unknown_columns(app):
     out = ok(call(app, "GET", "/interactive/trees"))
     assert len(out["trees"]) == 2 and all(t["status"] == "ok" and t["persona_id"] for t in out["trees"])
     tree = ok(call(app, "GET", f"/interactive/trees/{out['trees'][0]['tree_id']}"))
-    assert tree["extra_columns"] == ["judge_order"]
+    assert tree["extra_columns"] == ["quality_note"]
     users = [n for n in tree["nodes"] if n["role"] == "user"]
     assert [u["turn"] for u in users] == [1, 2] and all(len(u["judge_probs"]) == 2 for u in users)
     assert {n["tree_id"] for n in tree["nodes"]} == {out["trees"][0]["tree_id"]}
@@ -304,7 +304,8 @@ def test_page_in_a_real_browser(app):
         page.locator(".tree-row").first.click()
         expect(page.locator(".tnode.user")).to_have_count(2)
         expect(page.locator(".badge.chosen")).to_have_count(2)
-        expect(page.locator('.flag.extra[data-column="judge_order"]')).to_have_count(2)
+        expect(page.locator('.flag.extra[data-column="quality_note"]')).to_have_count(2)
+        expect(page.locator(".judge-order")).to_have_count(2)  # a known quality column, shown as such
         page.screenshot(path=str(shots / "trees.png"), full_page=True)
         browser.close()
     if os.environ.get("ALOE_DOCS_IMG"):  # refresh the README's screenshots

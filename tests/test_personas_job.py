@@ -70,7 +70,7 @@ def check_pool(output: str, run_id: str, *, rounds: int, s3: S3Options | None = 
         n_seeds = sum(m["round"] == 0 for m in by_round)
         for i in range(n_seeds, len(by_round)):  # every generated member: <= threshold to all before it
             m = by_round[i]
-            assert m["model"] == "smollm2-135m" and m["prompt_version"] == "aloe-ray/personas-v1"
+            assert m["model"] == "smollm2-135m" and m["prompt_version"] == "aloe-ray/personas-v2"
             assert m["source"] == f"round-{m['round']}" and m["seed"] is not None
             true_max = float(max_similarity(emb[i:i + 1], emb[:i])[0])
             assert true_max <= threshold + 1e-5 and m["max_similarity"] == pytest.approx(true_max, abs=1e-4)
@@ -217,7 +217,7 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     import ray
 
     from aloe_ray.config import ConfigError
-    from aloe_ray.pipeline.personas import SETTINGS_FILE, check_resume, load_seed_pool, pool_settings, s3_options
+    from aloe_ray.pipeline.personas import SETTINGS_FILE, load_seed_pool, pool_settings, s3_options
 
     base = [f"--output={tmp_path}", "--run_id=r"]
     cfg = generate_personas.parse_config(base)
@@ -226,6 +226,9 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     settings = pool_settings(cfg, seeds, label)
     out.write_json(SETTINGS_FILE, settings)
     written = (tmp_path / "r" / SETTINGS_FILE).read_text()
+    def check_resume(out, settings):
+        out.pin_settings(SETTINGS_FILE, settings, made="built", instead="another --run_id")
+
     check_resume(out, settings)  # same settings: resumes
     check_resume(out, pool_settings(generate_personas.parse_config(
         [*base, "--profiles.max_rounds=9", "--profiles.target_size=500", "--benchmark.profiles=4"]), seeds, label))

@@ -163,8 +163,9 @@ def test_prompts_are_versioned_and_kind_specific():
     prof = generation_messages("profile", [P1, P2], 7)[0]["content"]
     pers = generation_messages("personality", ["They are blunt."], 4)[0]["content"]
     assert "Here are 2 examples:\n1. " + P1 + "\n2. " + P2 in prof and "Write 7 new profiles" in prof
-    assert "Facts only" in prof and "Traits only" in pers and "Write 4 new personalities" in pers
-    assert PERSONA_PROMPT_VERSION == "aloe-ray/personas-v1"
+    assert "Facts only" in prof and "conversational style only" in pers and "Write 4 new personalities" in pers
+    assert "no person needs every kind" in prof and "how an assistant should format" in pers
+    assert PERSONA_PROMPT_VERSION == "aloe-ray/personas-v2"
     with pytest.raises(ValueError):
         generation_messages("hobby", [P1], 3)
 
@@ -175,3 +176,17 @@ def test_pure_core_imports_neither_ray_nor_torch():
             "print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_seed_personalities_follow_the_personality_rule():
+    """Traits and conversational style only: no profile facts, not a formatting checklist."""
+    from aloe_ray.personas.filters import CandidateFilter, personality_violation
+    from aloe_ray.personas.seeds import SEED_PERSONALITIES
+
+    assert [personality_violation(p) for p in SEED_PERSONALITIES] == [None] * len(SEED_PERSONALITIES)
+    check = CandidateFilter(min_words=5, personality=True)
+    assert check.reason("She is a 34-year-old nurse who is blunt, impatient and warm with her patients.") == "profile_fact"
+    assert check.reason("He wants bullet points. He wants clear headings. He wants a summary at the end. "
+                        "He is calm.") == "format_checklist"
+    assert check.reason("He is calm and dry, jokes a lot, hates being lectured and talks in short bursts.") is None
+    assert CandidateFilter(min_words=5).reason("He wants bullet points. He wants headings. He likes tables.") is None

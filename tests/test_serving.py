@@ -43,6 +43,9 @@ def server(tmp_path_factory):
             "target_ongoing_requests": 4,
             "adapters": [{"name": "aloe-lora", "path": make_lora_adapter(tmp_path_factory.mktemp("adapter"))}]}
     serve.run(build_app(args), name="aloe", route_prefix="/")
+    # a second app whose requests time out mid-generation (half a CPU: it fits beside the first)
+    serve.run(build_app({"model": "smollm2-135m", "served_model_name": "aloe-slow", "request_timeout_s": 0.5,
+                         "max_tokens_limit": 512, "num_cpus": 0.5}), name="aloe-slow", route_prefix="/slow")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -154,3 +157,120 @@ def test_vllm_adapter_layout_is_checked_before_anything_loads(adapters, fragment
 
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         build_app({"backend": "vllm", "model": "s3://b/base", "adapters": adapters})
+
+
+def ask_greedy(**kwargs):
+    return dict(model="aloe-base", max_tokens=24, temperature=0.0, seed=0,
+                messages=[{"role": "user", "content": "Describe a forest in two sentences."}], **kwargs)
+
+
+def test_streaming_is_token_by_token_with_a_usage_chunk(server):
+    c = client(server)
+    whole = c.chat.completions.create(**ask_greedy())
+    chunks = list(c.chat.completions.create(**ask_greedy(), stream=True, stream_options={"include_usage": True}))
+    content = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(content) > 5  # many deltas, not the reply sliced after the fact
+    assert "".join(content) == whole.choices[0].message.content
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(ch.usage is None for ch in chunks[:-1])
+    plain = list(c.chat.completions.create(**ask_greedy(), stream=True))
+    assert all(ch.usage is None for ch in plain) and plain[-1].choices[0].finish_reason
+
+
+def test_stop_is_honoured_streamed_or_not(server):
+    c = client(server)
+    full = c.chat.completions.create(**ask_greedy()).choices[0].message.content
+    stop = full.split()[3]
+    cut = c.chat.completions.create(**ask_greedy(stop=[stop, "#never#"]))
+    text = cut.choices[0].message.content
+    assert stop not in text and full.startswith(text) and cut.choices[0].finish_reason == "stop"
+    streamed = c.chat.completions.create(**ask_greedy(stop=stop), stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == text
+
+
+def test_text_part_content_is_accepted_and_other_parts_refused(server):
+    c = client(server)
+    parts = [{"type": "text", "text": "Describe a forest "}, {"type": "text", "text": "in two sentences."}]
+    as_parts = c.chat.completions.create(**{**ask_greedy(), "messages": [{"role": "user", "content": parts}]})
+    assert as_parts.choices[0].message.content == c.chat.completions.create(**ask_greedy()).choices[0].message.content
+    r = httpx.post(f"{server}/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"}, timeout=60,
+                   json={"model": "aloe-base", "messages": [{"role": "user", "content": [
+                       {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
+    assert r.status_code == 400 and "only text content parts" in r.json()["error"]["message"]
+
+
+def test_unknown_routes_and_methods_get_openai_style_errors(server):
+    r = httpx.get(f"{server}/v1/nothing-here", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{server}/v1/chat/completions", timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
+def slow_engine(server) -> dict:
+    return httpx.get(f"{server}/slow/health", timeout=30).json()["engines"]["aloe-slow"]
+
+
+def wait_idle(server) -> dict:
+    import time
+
+    for _ in range(100):  # bounded: the worker drops a cancelled row at its next step
+        stats = slow_engine(server)
+        if stats["running"] == 0:
+            return stats
+        time.sleep(0.1)
+    return stats
+
+
+def test_a_timed_out_request_gets_504_and_stops_decoding(server):
+    import openai
+
+    c = client(f"{server}/slow")
+    story = dict(model="aloe-slow", max_tokens=500, temperature=0.0,
+                 messages=[{"role": "user", "content": "Write a very long story about ships."}])
+    before = slow_engine(server)
+    with pytest.raises(openai.APIStatusError) as err:
+        c.chat.completions.create(**story)
+    assert err.value.status_code == 504 and "longer than 0.5s" in err.value.message
+    after = wait_idle(server)
+    assert after["running"] == 0 and after["cancelled"] == before["cancelled"] + 1
+    assert after["generated_tokens"] - before["generated_tokens"] < 500
+    with pytest.raises(openai.APIError, match="longer than 0.5s"):
+        list(c.chat.completions.create(**story, stream=True))
+    assert wait_idle(server)["cancelled"] == before["cancelled"] + 2
+
+
+def test_a_prompt_over_the_input_limit_is_refused_with_400(server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client(f"{server}/slow").chat.completions.create(
+            model="aloe-slow", max_tokens=4, messages=[{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "word " * 3000}])
+    assert err.value.code == "context_length_exceeded" and "input limit of 2048" in err.value.message
+
+
+def test_unexpected_exceptions_become_openai_style_500s():
+    """The handlers the app installs, on a throwaway app whose route fails (in-process ASGI)."""
+    from fastapi import FastAPI
+
+    from serving.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("engine exploded")
+
+    async def call():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+            return await http.get("/boom")
+
+    r = asyncio.run(call())
+    assert r.status_code == 500
+    assert r.json()["error"] == {"message": "internal error: RuntimeError: engine exploded", "type": "server_error",
+                                 "param": None, "code": "internal_error"}

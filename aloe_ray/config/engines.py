@@ -47,7 +47,8 @@ class EngineConfig(StrictModel):
     """Weights dtype: 'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16', 'float16'."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """hf on CPU: intra-op threads; default: all cores of the node (Ray would otherwise pin 1)."""
+    """hf on CPU: intra-op threads; default: the CPUs the process may run on (Ray would otherwise pin
+    1). Set once per process: every hf engine in it shares the threads, one forward pass at a time."""
 
     max_batch_size: int = Field(default=16, ge=1)
     """hf: most requests decoded together in one batch."""

@@ -70,7 +70,7 @@ def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
 class EvalRolesConfig(StrictModel):
     """The three model roles of the benchmark; each names its engine pool."""
 
-    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 48)))
+    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 96)))
     """The user simulator: role-plays the persona, opens and continues the conversation."""
 
     model: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 192)))
@@ -130,10 +130,17 @@ def eval_name_for(model: str) -> str:
 class EvalConfig(StrictModel):
     """ALOE benchmark: 100 held-out personas x 10 turns (without --config: 4 personas, a few minutes on a laptop)."""
 
-    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_personas": 4, "roles": {"model": {"sampling": {"max_tokens": 72}}}}
+    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_personas": 4, "roles": {"model": {"sampling": {"max_tokens": 72}},
+                                                                     "simulator": {"sampling": {"max_tokens": 48}}}}
     """Without a config file: 4 personas and short replies from the bundled model, a few minutes on
     2 CPU cores. The field defaults (100 personas, 192-token replies) are the method's and apply to
     every config file."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "num_personas": 100, "turns": 10, "judge": {"history": False, "scoring": "sampled"},
+    }}
+    """`--preset reference`: the reference benchmark (100 personas x 10 turns; the judge sees only
+    the current message and writes an integer score); see docs/method.md."""
 
     # The simulator talks to the model under test for `turns` turns per persona, the judge scores
     # every reply 1-5; AL(k), IR, N-AL, N-IR with bootstrap intervals are reported.

@@ -73,14 +73,17 @@ def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
 class RolesConfig(StrictModel):
     """The four model roles of tree growth; each names its engine pool."""
 
-    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 48)))
-    """The user simulator: role-plays the persona and writes the user's messages."""
+    simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 96)))
+    """The user simulator: role-plays the persona and writes the user's messages (one to three
+    sentences; 96 tokens leave room to spare)."""
 
-    inducer: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.3, 64)))
-    """The persona inducer: extracts what the conversation has revealed about the user."""
+    inducer: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.3, 160)))
+    """The persona inducer: extracts what the conversation has revealed about the user (two
+    labelled lines that grow with the turns)."""
 
-    responder: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 72)))
-    """The responders: write the candidate assistant replies."""
+    responder: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.7, 160)))
+    """The responders: write the candidate assistant replies (about three sentences, ~60-90 tokens;
+    160 leave room to spare: a reply cut at max_tokens is never a training target)."""
 
     judge: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.0, 8)))
     """The judge: picks the candidate the user would prefer (constrained to the candidate letters)."""
@@ -88,10 +91,17 @@ class RolesConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     trees_per_part: int = Field(default=4, ge=1)
-    """Trees grown together and written as one Parquet part (per table)."""
+    """Trees grown together and committed as one Parquet part (per table): a killed run loses at
+    most the parts in flight."""
 
-    grower_actors: int = Field(default=1, ge=1)
-    """Ray Data actors that grow trees (light: async, they wait on the engines)."""
+    trees_per_file: int = Field(default=2000, ge=1)
+    """After the run, parts of at most half of this are compacted into files of up to this many
+    trees (nodes: their nodes), so the file count follows the data's size, not the commits."""
+
+    grower_actors: int | None = Field(default=None, ge=1)
+    """Ray Data actors that grow trees (async: they wait on the engines, but each costs ~2.5 ms of
+    CPU per LLM call in its HTTP client and bookkeeping). Default: sized to the cluster, one per
+    CPU left over after the engine actors' reservations (at least 1, at most one per part)."""
 
     parts_in_flight_per_actor: int = Field(default=4, ge=1)
     """Parts one grower actor grows at once; trees in flight = actors x this x trees_per_part."""
@@ -105,6 +115,11 @@ class PipelineConfig(StrictModel):
     progress_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between progress lines."""
 
+    lease_ttl_s: float = Field(default=60.0, gt=0)
+    """The driver renews the run's lease (jobs/generate_trees/lease.json) every third of this; a
+    second driver on the run_id is refused while it is live. A dead driver's lease is taken over
+    at once on its own host, else after this many seconds without renewal."""
+
 
 def _new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
@@ -113,9 +128,21 @@ def _new_run_id() -> str:
 class GenerateTreesConfig(StrictModel):
     """Grow persona-conditioned multi-turn preference trees into Parquet."""
 
-    EMBEDDED_DEFAULT: ClassVar[dict] = {"num_trees": 8, "tree": {"max_turns": 3}}
-    """Without a config file: a handful of short trees, a few minutes on 2 CPU cores. The field
-    defaults (10 turns) are the method's and apply to every config file."""
+    EMBEDDED_DEFAULT: ClassVar[dict] = {
+        "num_trees": 8, "tree": {"max_turns": 3},
+        "roles": {"simulator": {"sampling": {"max_tokens": 48}}, "inducer": {"sampling": {"max_tokens": 64}},
+                  "responder": {"sampling": {"max_tokens": 72}}},
+    }
+    """Without a config file: a handful of short trees with short replies, a few minutes on 2 CPU
+    cores (the quality report then says how many replies were cut). The field defaults (10 turns,
+    replies with room to spare) are the method's and apply to every config file."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "tree": {"num_candidates": 2, "policy": "random", "max_turns": 10},
+        "roles": {role: {"sampling": {"max_tokens": 300}} for role in ("simulator", "inducer", "responder")},
+    }}
+    """`--preset reference`: the reference implementation's trees (2 candidates, random
+    continuation, 10 turns, 300-token replies); see docs/method.md."""
 
     run_id: str = Field(default_factory=_new_run_id, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Run name; ids and seeds derive from it. Rerun with the same run_id to resume."""

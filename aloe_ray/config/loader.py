@@ -4,6 +4,11 @@ A config class may declare `EMBEDDED_DEFAULT: ClassVar[dict]`: settings that app
 `--config` file is given (the laptop quick run, e.g. a few short trees), while the class defaults
 stay the method's values that a config file builds on. Flags override both.
 
+It may also declare `PRESETS: ClassVar[dict[str, dict]]`: named bundles of settings that
+`--preset NAME` applies on top of the defaults (and the embedded default), before the config
+file and the flags. Every job has the `reference` preset: the reference implementation's choices,
+for numbers comparable to the paper (docs/method.md lists them and what cannot be reproduced).
+
 Errors name the offending key and what is allowed, before anything heavy starts.
 """
 
@@ -34,14 +39,16 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
     if "-h" in argv or "--help" in argv:
         print(config_help(cls, prog=prog))
         raise SystemExit(0)
-    config_file, overrides = _split_args(argv)
+    config_file, preset, overrides = _split_args(argv)
     # Start from the defaults as the parent models set them, so that overriding one field of a
     # sub-config (say a role's temperature) keeps that sub-config's other non-generic defaults.
     data: dict[str, Any] = cls().model_dump(mode="json")
+    if not config_file:
+        _merge(data, copy.deepcopy(embedded_default(cls)))
+    if preset is not None:
+        _merge(data, copy.deepcopy(preset_settings(cls, preset)))
     if config_file:
         _merge(data, _read_yaml(config_file))
-    else:
-        _merge(data, copy.deepcopy(embedded_default(cls)))
     for key, raw in overrides:
         # A text field takes the flag as typed: --run_id=20240101 stays '20240101', not an int.
         text = _is_text_field(cls, key) and raw not in ("null", "~")
@@ -52,6 +59,20 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
 def embedded_default(cls: type[BaseModel]) -> dict[str, Any]:
     """What `cls` sets on top of its defaults when run without a config file."""
     return getattr(cls, "EMBEDDED_DEFAULT", None) or {}
+
+
+def presets(cls: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    return getattr(cls, "PRESETS", None) or {}
+
+
+def preset_settings(cls: type[BaseModel], name: str) -> dict[str, Any]:
+    """The settings `--preset NAME` applies; a name `cls` does not have is an error."""
+    known = presets(cls)
+    if name not in known:
+        hint = difflib.get_close_matches(name, list(known), n=1)
+        raise ConfigError(f"unknown preset '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
+                          + f" presets of this job: {', '.join(sorted(known)) or 'none'}")
+    return known[name]
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -86,8 +107,8 @@ def save_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def _split_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
-    config_file = None
+def _split_args(argv: list[str]) -> tuple[str | None, str | None, list[tuple[str, str]]]:
+    config_file = preset = None
     overrides: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
@@ -102,10 +123,12 @@ def _split_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
             i += 1
         if key == "config":
             config_file = value
+        elif key == "preset":
+            preset = value
         else:
             overrides.append((key.replace("-", "_"), value))
         i += 1
-    return config_file, overrides
+    return config_file, preset, overrides
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -213,12 +236,14 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def config_help(cls: type[BaseModel], *, prog: str | None = None) -> str:
     doc = (cls.__doc__ or "").strip()
     lines = [
-        f"usage: {prog or 'python ' + sys.argv[0]} [--config FILE.yaml] [--key.sub=VALUE ...]",
+        f"usage: {prog or 'python ' + sys.argv[0]} [--preset NAME] [--config FILE.yaml] [--key.sub=VALUE ...]",
         "",
         doc,
         "",
-        "Values: class defaults, then --config, then flags (YAML syntax: 3, true, null, [a, b]).",
+        "Values: class defaults, then --preset, then --config, then flags (YAML syntax: 3, true, null, [a, b]).",
     ]
+    for name, settings in presets(cls).items():
+        lines.append(f"--preset {name}: " + ", ".join(_flat(settings)) + " (docs/method.md).")
     if embedded_default(cls):
         lines.append("Without --config (the embedded default) these also apply, before flags: "
                      + ", ".join(_flat(embedded_default(cls))) + ".")

@@ -7,6 +7,8 @@ Field docs give the reference-scale values (331 training profiles x 71 training 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from aloe_ray.config.base import RayConfig, StorageConfig, StrictModel
@@ -168,6 +170,16 @@ def _kind(target: int, tokens_per_item: int) -> PoolKindConfig:
 class GeneratePersonasConfig(StrictModel):
     """Build the persona pool: seeds, rounds of self-generation with embedding dedup, pairing and a
     held-out benchmark split."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "profiles": {"examples_per_request": 5, "new_per_request": 20, "target_size": 351, "max_rounds": 100},
+        "personalities": {"examples_per_request": 5, "new_per_request": 20, "target_size": 76, "max_rounds": 100},
+        "similarity_threshold": 0.6, "generator": {"sampling": {"temperature": 0.8}},
+        "benchmark": {"profiles": 20, "personalities": 5}, "pairing": {"per_profile": 10},
+    }}
+    """`--preset reference`: the reference's rounds (k=5 examples, m=20 new, temperature 0.8,
+    dedup at 0.6) up to its pool (331 x 71 for training after 20 x 5 are held out, 10
+    personalities per profile); see docs/method.md."""
 
     run_id: str = Field(default_factory=_new_run_id, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Run name; request seeds derive from it. Rerun with the same run_id to resume after the last

@@ -98,6 +98,10 @@ class _TrainConfig(StrictModel):
     model: str = "smollm2-135m"
     """Base model: 'smollm2-135m' (bundled), a Hugging Face folder or an s3:// prefix holding one."""
 
+    keep_truncated: bool = False
+    """Train on replies cut at max_tokens too (finish_reason 'length'). Off: such a reply carries
+    no SFT loss and makes no DPO pair; the manifest counts what was dropped and why."""
+
     lora: LoraSettings = Field(default_factory=LoraSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
@@ -108,6 +112,11 @@ class _TrainConfig(StrictModel):
         if self.optim.learning_rate is not None:
             return self.optim.learning_rate
         return 1e-4 if self.lora.enabled else 1e-5
+
+
+REFERENCE_OPTIM = {"learning_rate": 1e-5, "num_epochs": 1, "max_steps": -1, "per_device_batch_size": 2,
+                   "gradient_accumulation_steps": 12}
+"""The reference's optimisation (lr 1e-5, one epoch, batch 48 via gradient accumulation)."""
 
 
 class SftLoss(StrEnum):
@@ -122,6 +131,10 @@ class TrainSFTConfig(_TrainConfig):
 
     EMBEDDED_DEFAULT: ClassVar[dict] = {"optim": {"max_steps": 4, "max_length": 512, "save_steps": 2}}
     """Without a config file: a few steps on the bundled model, minutes on 2 CPU cores."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {"lora": {"enabled": False}, "optim": REFERENCE_OPTIM}}
+    """`--preset reference`: full fine-tuning, lr 1e-5, one epoch, batch 48 (2 workers x 2 x 12
+    accumulation steps); see docs/method.md."""
 
     loss_on: SftLoss = SftLoss.chosen
     """Which assistant turns of a conversation carry loss."""
@@ -140,6 +153,11 @@ class TrainDPOConfig(_TrainConfig):
 
     EMBEDDED_DEFAULT: ClassVar[dict] = {"optim": {"max_steps": 4, "max_length": 512, "save_steps": 2}}
     """Without a config file: a few steps on the bundled model, minutes on 2 CPU cores."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"reference": {
+        "from_sft": None, "beta": 0.9, "lora": {"enabled": False}, "optim": REFERENCE_OPTIM}}
+    """`--preset reference`: DPO from the base model, beta 0.9, full fine-tuning, lr 1e-5, one
+    epoch, batch 48 (2 workers x 2 x 12 accumulation steps); see docs/method.md."""
 
     from_sft: str | None = None
     """Run root of an SFT run: start from its merged model, <from_sft>/models/sft (instead

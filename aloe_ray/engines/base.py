@@ -20,6 +20,14 @@ class Sampling:
     top_p: float = 0.95
     max_tokens: int = 96
     seed: int | None = None
+    stop: tuple[str, ...] = ()
+    """Strings that end the reply: it is cut before the first one found (finish_reason 'stop')."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class ChatEngine(Protocol):
         """One completion per request, in order. `affinity` groups requests of one conversation so
         a pooled engine can send them to the same replica (prefix cache)."""
         ...
+
+
+class PromptTooLong(ValueError):
+    """A chat that does not fit the engine's input limit even with only its system messages and
+    its last message left (see prompt_fit.fit_messages for the rule)."""
 
 
 class EngineError(RuntimeError):

@@ -4,24 +4,55 @@ Concurrent callers share forward passes. One worker thread owns the model: it de
 requests together, one token per step, and between steps it admits waiting requests into the
 running batch (up to `max_batch_size`), so nobody waits for a whole batch to finish. Each new
 prompt is prefilled on its own (no padding waste, resuming from the conversation's cached prefix:
-see prefix_cache.py) and its KV cache is left-padded into the batch's. A finished request is
-answered at once. Each row samples with its own seeded generator, so a request's output does not
-depend on which others share its batch.
+see prefix_cache.py) and joins the batch's left-padded KV cache (hf_batch.py), which is trimmed to
+its longest live row as rows finish, so a step's cost follows the live rows, not the traffic's
+history. A finished request is answered at once; a cancelled one (its caller's future cancelled,
+e.g. by a timeout, or its stream closed) leaves the batch at the next step. `stream()` yields text
+as it is decoded. Each row samples with its own seeded generator, so a request's output does not
+depend on which others share its batch. On CPU all engines of a process share one thread budget:
+torch's intra-op threads are set once, and one forward pass runs at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aloe_ray.engines.base import ChatRequest, Completion, Sampling
+from aloe_ray.engines.base import ChatRequest, Completion
+from aloe_ray.engines.hf_batch import DecodeBatch
 from aloe_ray.engines.prefix_cache import PrefixCache
+from aloe_ray.engines.prompt_fit import fit_messages
+from aloe_ray.engines.reply_text import ReplyText
+from aloe_ray.engines.row_sampling import row_generator, sample_token
+
+log = logging.getLogger(__name__)
+
+_CPU_FORWARD = threading.Lock()  # one CPU forward pass at a time per process: no oversubscription
+_cpu_threads: int | None = None
+_cpu_threads_lock = threading.Lock()
+
+
+def share_cpu_threads(asked: int | None) -> int:
+    """Set torch's intra-op threads once per process (every CPU engine of the process shares them):
+    `asked`, else the CPUs this process may run on. Returns the count in force."""
+    global _cpu_threads
+    import torch
+
+    with _cpu_threads_lock:
+        if _cpu_threads is None:
+            _cpu_threads = asked or len(os.sched_getaffinity(0)) or 1
+            torch.set_num_threads(_cpu_threads)
+        elif asked and asked != _cpu_threads:
+            log.warning("torch_threads=%s ignored: this process's CPU engines already share %s threads",
+                        asked, _cpu_threads)
+        return _cpu_threads
 
 
 @dataclass
@@ -30,20 +61,38 @@ class _Pending:
     affinity: str | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    on_text: Callable[[str], None] | None = None
+    """Streaming: called (on the loop) with each new piece of text."""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(lambda f: f.cancelled() and self.cancelled.set())
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the caller's event loop is gone: nobody waits for this answer
+            self.cancelled.set()
 
     def deliver(self, result: Completion | None = None, error: BaseException | None = None) -> None:
         def settle() -> None:
             if not self.future.done():
                 self.future.set_exception(error) if error is not None else self.future.set_result(result)
 
-        self.loop.call_soon_threadsafe(settle)
+        self._call(settle)
+
+    def send_text(self, delta: str) -> None:
+        if delta and self.on_text is not None:
+            self._call(self.on_text, delta)
 
 
 @dataclass
 class _Row:
     pending: _Pending
-    prompt: list[int]
+    prompt_len: int
     generator: Any
+    text: ReplyText | None
+    """Tracks the decoded text when the request streams or has stop strings."""
     tokens: list[int] = field(default_factory=list)
     finish: str | None = None
 
@@ -54,9 +103,12 @@ class EngineStats:
     busy_s: float = 0.0
     batches: int = 0
     requests: int = 0
+    cancelled: int = 0
     generated_tokens: int = 0
     decode_steps: int = 0
     decode_rows: int = 0
+    running: int = 0
+    batch_width: int = 0
     prefix_cache: PrefixCache | None = None
 
     def as_dict(self) -> dict:
@@ -69,6 +121,9 @@ class EngineStats:
             "utilisation": self.busy_s / wall,
             "batches": self.batches,
             "requests": self.requests,
+            "cancelled": self.cancelled,
+            "running": self.running,
+            "batch_width": self.batch_width,
             "mean_batch_size": self.decode_rows / max(self.decode_steps, 1),
             "generated_tokens": self.generated_tokens,
         }
@@ -95,10 +150,11 @@ class HFEngine:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
-            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+            share_cpu_threads(torch_threads)
         if dtype == "auto":
             dtype = "float32" if device == "cpu" else "bfloat16"
         self.device = device
+        self._forward_lock = _CPU_FORWARD if device == "cpu" else threading.Lock()
         self.model_name = model_name or model_path
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
@@ -117,32 +173,47 @@ class HFEngine:
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._failed_rows: list[_Pending] = []
 
     async def chat(self, requests: Sequence[ChatRequest], affinity: str | None = None) -> list[Completion]:
         loop = asyncio.get_running_loop()
         pending = [_Pending(r, affinity, loop.create_future(), loop) for r in requests]
+        self._submit(pending)
+        return list(await asyncio.gather(*(p.future for p in pending)))
+
+    async def stream(self, request: ChatRequest, affinity: str | None = None) -> AsyncIterator[str | Completion]:
+        """Text deltas as the reply decodes, then its Completion (whose text the deltas add up to).
+        Closing the iterator early, or cancelling its consumer, stops the decoding at the next step."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        p = _Pending(request, affinity, loop.create_future(), loop, on_text=items.put_nowait)
+        p.future.add_done_callback(items.put_nowait)  # after every delta: deliveries keep their order
+        self._submit([p])
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, str):
+                    yield item
+                else:
+                    yield item.result()
+                    return
+        finally:
+            p.cancelled.set()  # a no-op once the row has finished
+            p.future.cancel()
+
+    def _submit(self, pending: list[_Pending]) -> None:
         with self._start_lock:
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="hf-engine", daemon=True)
                 self._worker.start()
         for p in pending:
             self._queue.put(p)
-        return list(await asyncio.gather(*(p.future for p in pending)))
 
     def _work(self) -> None:
         while True:
             first = self._queue.get()
-            started = time.monotonic()
             time.sleep(self.batch_wait_s)  # let a burst of concurrent requests arrive together
-            try:
-                self._serve([first, *self._drain(self.max_batch_size - 1)])
-            except BaseException as exc:  # the engine survives a bad batch; its callers get the error
-                for p in self._failed_rows:
-                    p.deliver(error=exc)
-            finally:
-                self.stats.busy_s += time.monotonic() - started
-                self.stats.batches += 1
+            self.stats.batches += 1
+            self._serve([first, *self._drain(self.max_batch_size - 1)])
 
     def _drain(self, room: int) -> list[_Pending]:
         out = []
@@ -156,111 +227,113 @@ class HFEngine:
     def _serve(self, arrivals: list[_Pending]) -> None:
         """Decode until no request is left running, admitting new ones between steps."""
         import torch
-        import torch.nn.functional as F
-        from transformers import DynamicCache
 
-        rows: list[_Row] = []
-        cache = mask = lengths = logits = None
-        self._failed_rows = list(arrivals)
-        with torch.inference_mode():
-            while True:
-                joined = []
-                for p in arrivals:
-                    self.stats.requests += 1
-                    if p.request.choices is not None:  # one forward pass, answered right away
-                        try:
-                            p.deliver(self._score_choice(p))
-                        except Exception as exc:
-                            p.deliver(error=exc)
-                        continue
-                    prompt = self._encode(p.request)
-                    joined.append((_Row(p, prompt, _generator(p.request.sampling.seed)), *self._prefill(prompt, p.affinity)))
-                if joined:
-                    width = max(mask.shape[1] if mask is not None else 0, *(len(r.prompt) for r, _, _ in joined))
-                    if cache is not None and width > mask.shape[1]:
-                        grow = width - mask.shape[1]
-                        for layer in cache.layers:
-                            layer.keys = F.pad(layer.keys, (0, 0, grow, 0))
-                            layer.values = F.pad(layer.values, (0, 0, grow, 0))
-                        mask = F.pad(mask, (grow, 0))
-                    new_layers = [
-                        (torch.cat([F.pad(kv[i][0], (0, 0, width - kv[i][0].shape[2], 0)) for _, kv, _ in joined]),
-                         torch.cat([F.pad(kv[i][1], (0, 0, width - kv[i][1].shape[2], 0)) for _, kv, _ in joined]))
-                        for i in range(len(joined[0][1]))
-                    ]
-                    if cache is None:
-                        cache = DynamicCache(ddp_cache_data=new_layers)
-                    else:
-                        for layer, (k, v) in zip(cache.layers, new_layers):
-                            layer.keys = torch.cat([layer.keys, k])
-                            layer.values = torch.cat([layer.values, v])
-                    new_mask = torch.zeros((len(joined), width), dtype=torch.long, device=self.device)
-                    for i, (r, _, _) in enumerate(joined):
-                        new_mask[i, width - len(r.prompt):] = 1
-                    new_lengths = torch.tensor([len(r.prompt) for r, _, _ in joined], device=self.device)
-                    new_logits = torch.stack([last for _, _, last in joined])
-                    mask = new_mask if mask is None else torch.cat([mask, new_mask])
-                    lengths = new_lengths if lengths is None else torch.cat([lengths, new_lengths])
-                    logits = new_logits if logits is None else torch.cat([logits, new_logits])
-                    rows += [r for r, _, _ in joined]
-                if not rows:
-                    return
-
-                keep, next_ids = [], []
-                for i, row in enumerate(rows):
-                    tok = _sample(logits[i], row.pending.request.sampling, row.generator)
-                    if tok in self.eos_ids:
-                        row.finish = "stop"
-                    else:
-                        row.tokens.append(tok)
-                        if len(row.tokens) >= row.pending.request.sampling.max_tokens:
-                            row.finish = "length"
-                    if row.finish is None:
-                        keep.append(i)
-                        next_ids.append(tok)
-                    else:
-                        self._finish(row)
-                if len(keep) < len(rows):  # drop finished rows from the batch and the cache
-                    rows = [rows[i] for i in keep]
-                    if not rows:
-                        cache = mask = lengths = logits = None
-                    else:
-                        index = torch.tensor(keep, device=self.device)
-                        cache.batch_select_indices(index)
-                        mask, lengths = mask[index], lengths[index]
-                self._failed_rows = [r.pending for r in rows]
-                arrivals = self._drain(self.max_batch_size - len(rows))
-                self._failed_rows += arrivals
-                if not rows:
-                    if not arrivals:
+        batch = DecodeBatch(self.device)
+        try:
+            with torch.inference_mode():
+                while True:
+                    started = time.monotonic()
+                    self._admit(batch, arrivals)
+                    arrivals = []
+                    if batch:
+                        next_ids = self._advance(batch)
+                    self.stats.running, self.stats.batch_width = len(batch), batch.width
+                    arrivals = self._drain(self.max_batch_size - len(batch))
+                    if not batch and not arrivals:
+                        self.stats.busy_s += time.monotonic() - started
                         return
+                    if batch:
+                        self.stats.decode_steps += 1
+                        self.stats.decode_rows += len(batch)
+                        with self._forward_lock:
+                            batch.step(self.model, next_ids)
+                    self.stats.busy_s += time.monotonic() - started
+        except BaseException as exc:  # the engine survives a bad step; its callers get the error
+            for p in [*(r.pending for r in batch.rows), *arrivals]:
+                p.deliver(error=exc)
+            self.stats.running = 0
+
+    def _admit(self, batch: DecodeBatch, arrivals: list[_Pending]) -> None:
+        joined = []
+        for p in arrivals:
+            if p.cancelled.is_set():
+                continue
+            self.stats.requests += 1
+            try:
+                if p.request.choices is not None:  # one forward pass, answered right away
+                    p.deliver(self._score_choice(p))
                     continue
-                ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(1)
-                self.stats.decode_steps += 1
-                self.stats.decode_rows += len(rows)
-                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=lengths.unsqueeze(1),
-                                 cache=cache, use_cache=True)
-                lengths = lengths + 1
-                logits = out.logits[:, -1, :].float().cpu()
+                prompt = self._encode(p.request)
+                layers, last = self._prefill(prompt, p.affinity)
+            except Exception as exc:  # this request's fault (too long, bad choices): only it fails
+                p.deliver(error=exc)
+                continue
+            s = p.request.sampling
+            text = ReplyText(self._decode, s.stop) if (s.stop or p.on_text) else None
+            joined.append((_Row(p, len(prompt), row_generator(s.seed), text), layers, last, len(prompt)))
+        if joined:
+            batch.admit(joined)
+
+    def _advance(self, batch: DecodeBatch) -> list[int]:
+        """Sample each row's next token, answer finished rows, drop them and cancelled ones; the
+        next tokens of the rows that stay, in batch order."""
+        greedy = None
+        if any(r.pending.request.sampling.temperature <= 0 for r in batch.rows):
+            greedy = batch.logits.argmax(dim=-1).tolist()
+        keep, next_ids = [], []
+        for i, row in enumerate(batch.rows):
+            if row.pending.cancelled.is_set():
+                self.stats.cancelled += 1
+                self.stats.generated_tokens += len(row.tokens)
+                continue
+            s = row.pending.request.sampling
+            tok = greedy[i] if s.temperature <= 0 else sample_token(batch.logits[i].cpu(), s, row.generator)
+            if tok in self.eos_ids:
+                row.finish = "stop"
+            else:
+                row.tokens.append(tok)
+                if row.text is not None and row.text.update(row.tokens):
+                    row.finish = "stop"
+                elif len(row.tokens) >= s.max_tokens:
+                    row.finish = "length"
+            if row.finish is not None:
+                self._finish(row)
+                continue
+            if row.text is not None:
+                row.pending.send_text(row.text.delta())
+            keep.append(i)
+            next_ids.append(tok)
+        batch.keep(keep)
+        return next_ids
 
     def _finish(self, row: _Row) -> None:
         self.stats.generated_tokens += len(row.tokens)
-        row.pending.deliver(Completion(
-            text=self.tokenizer.decode(row.tokens, skip_special_tokens=True).strip(),
-            finish_reason=row.finish or "stop",
-            prompt_tokens=len(row.prompt),
-            completion_tokens=len(row.tokens),
-            model=self.model_name,
-        ))
+        if row.text is not None:
+            text = row.text.text()
+            row.pending.send_text(row.text.delta(final=True))
+        else:
+            text = self._decode(row.tokens).strip()
+        row.pending.deliver(Completion(text=text, finish_reason=row.finish or "stop", prompt_tokens=row.prompt_len,
+                                       completion_tokens=len(row.tokens), model=self.model_name))
 
-    def _encode(self, req: ChatRequest) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            list(req.messages), add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _render(self, messages: Sequence[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
         if hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
-        return list(ids)[-self.max_input_tokens:]
+        return list(ids)
+
+    def _encode(self, req: ChatRequest) -> list[int]:
+        """The prompt's tokens; a chat over max_input_tokens loses its oldest non-system messages
+        (prompt_fit.py), or fails with PromptTooLong."""
+        ids = self._render(req.messages)
+        if len(ids) <= self.max_input_tokens:
+            return ids
+        messages, _ = fit_messages(req.messages, lambda m: len(self._render(m)), self.max_input_tokens)
+        return self._render(messages)
 
     def _prefill(self, tokens: list[int], affinity: str | None):
         """Compute one prompt's KV cache (resuming from the prefix cache) and its last logits."""
@@ -271,11 +344,11 @@ class HFEngine:
         cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
         ids = torch.tensor([tokens[cached:]], dtype=torch.long, device=self.device)
         positions = torch.arange(cached, len(tokens), device=self.device).unsqueeze(0)
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True)
+        with torch.inference_mode(), self._forward_lock:
+            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         self.prefix_cache.store(affinity, tokens, layers)
-        return layers, out.logits[0, -1, :].float().cpu()
+        return layers, out.logits[0, -1, :].float()
 
     def _score_choice(self, p: _Pending) -> Completion:
         """Restrict the next token to each choice's first token; the answer is the most likely."""
@@ -287,38 +360,9 @@ class HFEngine:
             raise ValueError(f"choices {req.choices} do not differ in their first token")
         tokens = self._encode(req)
         _, logits = self._prefill(tokens, p.affinity)
-        probs = torch.softmax(torch.log_softmax(logits, dim=-1)[first], dim=-1).tolist()
+        probs = torch.softmax(torch.log_softmax(logits.cpu(), dim=-1)[first], dim=-1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         self.stats.generated_tokens += 1
         return Completion(text=req.choices[best], finish_reason="choice", prompt_tokens=len(tokens),
                           completion_tokens=1, model=self.model_name, choice_probs=probs)
 
-
-def _generator(seed: int | None):
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else torch.seed())
-    return g
-
-
-_TOP_K_FIRST = 1024
-
-
-def _sample(logits, sampling: Sampling, generator) -> int:
-    """Greedy, or temperature + nucleus (top_p) sampling with the row's own generator. The nucleus
-    is searched among the top 1024 tokens first (cheaper than sorting the vocabulary), falling
-    back to the full sort when they hold less than top_p of the mass: same result either way."""
-    import torch
-
-    if sampling.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    top, order = torch.topk(probs, min(_TOP_K_FIRST, probs.shape[-1]))
-    if float(top.sum()) < sampling.top_p:
-        top, order = torch.sort(probs, descending=True)
-    outside = torch.cumsum(top, dim=-1) - top > sampling.top_p
-    top = top.masked_fill(outside, 0.0)
-    return int(order[torch.multinomial(top, 1, generator=generator)])

@@ -46,6 +46,8 @@ class OpenAIEngine:
                       top_p=s.top_p, max_tokens=s.max_tokens)
         if s.seed is not None:
             kwargs["seed"] = s.seed
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
         if req.choices:
             kwargs.update(max_tokens=max(len(c) for c in req.choices) + 2, temperature=0.0,
                           logprobs=True, top_logprobs=20)

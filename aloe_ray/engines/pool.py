@@ -43,7 +43,8 @@ class EngineActor:
         whatever the backend: `served_requests` and `served_tokens` (completion tokens)."""
         stats = getattr(self.engine, "stats", None)
         out = stats.as_dict() if stats is not None else {}
-        return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens}
+        return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens,
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 class EnginePool:

@@ -61,7 +61,7 @@ class VLLMEngine:
         else:
             first = []
             params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                    seed=s.seed)
+                                    seed=s.seed, stop=list(s.stop) or None)
         final = None
         async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, params,
                                               request_id=uuid.uuid4().hex):

@@ -33,6 +33,7 @@ from aloe_ray.prompts.eval import (
     parse_score,
     simulator_messages,
 )
+from aloe_ray.prompts.parsers import clean_user_message
 from aloe_ray.trees.grow import RoleBinding
 from aloe_ray.trees.spec import derive_seed, stable_id
 
@@ -165,7 +166,7 @@ class Rollout:
         """The simulator's next user message (value None: none usable after the retries)."""
         p = self.spec.persona
         return await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
-                                accept=_non_empty)
+                                accept=lambda c: clean_user_message(c.text) or None)
 
     async def reply(self, turn: int, conversation: list[Message]) -> Call:
         """The model under test's reply to a conversation that ends with the user's message."""

@@ -28,7 +28,7 @@ _ECHO = re.compile(
     r"\b(?:(?:in|written in) the third person|the examples|example (?:profiles?|personalit\w+)"
     r"|the (?:first|second|third|fourth|fifth|next|last|\w+th) example"
     r"|new (?:user )?(?:profiles?|personalit\w+)|traits describing|objective facts|(?:user )?profile is a"
-    r"|personality is a|facts only|traits only)\b",
+    r"|personality is a|facts only|traits only|conversational style only)\b",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[A-Za-z']+")
@@ -52,6 +52,39 @@ _TRAIT_WORDS = frozenset(
 )
 _LIST_SEPARATORS = re.compile(r"[,;]")
 
+# What a personality must not be: an assistant-format checklist ('wants bullet points, headings and
+# a summary at the end') or a profile in disguise (a job, an age, a family). Our own rule, applied
+# to generated personalities and, by a test, to the built-in seeds.
+_FORMATTING = re.compile(
+    r"\b(?:bullet(?:ed)?(?: points?)?|(?:numbered |bulleted )?lists?|numbered|headings?|headers|bold|markdown"
+    r"|format(?:ting|ted)?|structured|tables?|walls? of text|scroll\w*|summar(?:y|ies)|tl;?dr|step[- ]by[- ]step"
+    r"|numbered steps|word count)\b",
+    re.IGNORECASE,
+)
+_PROFILE_FACT = re.compile(
+    r"\b(?:\d{1,3}[- ]years?[- ]old|aged \d+|works? (?:as|at|for)|employed (?:as|at|by)|lives? in|living in"
+    r"|married|divorced|widowed|husband|wife|daughters?|grandchildren|(?:his|her|their|has|two|three) (?:sons|kids|children)"
+    r"|degree in|graduated|retired|by profession|occupation)\b",
+    re.IGNORECASE,
+)
+MAX_FORMATTING_SHARE = 0.5
+"""A personality whose sentences are at least this often about answer formatting is a checklist."""
+
+
+def formatting_share(text: str) -> float:
+    """Share of a text's sentences that are about the format of answers (lists, headings...)."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+    return sum(bool(_FORMATTING.search(s)) for s in sentences) / len(sentences) if sentences else 0.0
+
+
+def personality_violation(text: str) -> str | None:
+    """Why `text` is not a personality (traits and conversational style only), or None."""
+    if _PROFILE_FACT.search(text):
+        return "profile_fact"
+    if formatting_share(text) >= MAX_FORMATTING_SHARE:
+        return "format_checklist"
+    return None
+
 
 def _pronounceable(word: str) -> bool:
     w = word.lower().strip("'")
@@ -66,6 +99,8 @@ class CandidateFilter:
     """Share of words that are common English function words (persona texts: ~0.3-0.5)."""
     min_distinct_trigrams: float = 0.7
     """Share of distinct word trigrams; below it the text repeats itself."""
+    personality: bool = False
+    """Also apply the personality rule (`personality_violation`): no profile facts, no format checklist."""
 
     def reason(self, text: str) -> str | None:
         """Why `text` is rejected, or None if it passes. Checks run cheapest first."""
@@ -82,6 +117,8 @@ class CandidateFilter:
             return "not_english"
         if distinct_trigram_ratio(text) < self.min_distinct_trigrams:
             return "repetitive"
+        if self.personality:
+            return personality_violation(text)
         return None
 
 

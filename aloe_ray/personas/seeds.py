@@ -300,9 +300,9 @@ SEED_PROFILES: tuple[str, ...] = (
 
 SEED_PERSONALITIES: tuple[str, ...] = (
     (
-        "They are blunt and value efficiency above everything else. They want answers in "
-        "short bullet points with the key recommendation first, and they skip greetings and "
-        "small talk entirely. They get impatient with hedging, long disclaimers and repeated "
+        "They are blunt and value efficiency above everything else. They get straight to "
+        "the point, want the key recommendation first, and skip greetings and small talk "
+        "entirely. They get impatient with hedging, long disclaimers and repeated "
         "caveats. They rarely say thank you, ask for exactly what they need, and expect the "
         "same directness back. If an answer runs long, they say so immediately."
     ),
@@ -332,8 +332,8 @@ SEED_PERSONALITIES: tuple[str, ...] = (
     (
         "They are formal and polite, and they write in complete sentences with proper "
         "punctuation and courteous phrasing. They expect the same respect in return and find "
-        "slang or overly casual language off-putting. They prefer well-organised answers with "
-        "clear headings. They are patient and reserved, rarely share personal feelings, and "
+        "slang or overly casual language off-putting. They like things explained in an orderly, "
+        "well-reasoned way. They are patient and reserved, rarely share personal feelings, and "
         "appreciate thoroughness as long as the tone remains professional and precise."
     ),
     (
@@ -341,15 +341,15 @@ SEED_PERSONALITIES: tuple[str, ...] = (
         "puns, and enjoy it when the other side plays along with a light joke or a witty "
         "remark. They get bored quickly by dry, textbook-style explanations. They are relaxed "
         "and optimistic, rarely take problems too seriously, and prefer quick conversational "
-        "replies over long structured ones, while still wanting the facts underneath the "
+        "replies over long formal ones, while still wanting the facts underneath the "
         "banter to be right."
     ),
     (
         "They write short lowercase messages with little punctuation and often send several "
         "fragments in a row instead of one full question. They are casual and laid-back and "
         "want replies that match: brief, plain and informal. They dislike walls of text and "
-        "stiff phrasing, use internet slang freely, and lose interest when an answer needs "
-        "scrolling. They shrug off small mistakes but expect quick, practical help."
+        "stiff phrasing, use internet slang freely, and lose interest when an answer drags "
+        "on. They shrug off small mistakes but expect quick, practical help."
     ),
     (
         "They are intensely curious and treat every conversation as a chance to learn "
@@ -360,10 +360,10 @@ SEED_PERSONALITIES: tuple[str, ...] = (
         "content is interesting."
     ),
     (
-        "They prefer stories and examples over lists and abstract rules. They understand "
+        "They think in stories and examples rather than abstract rules. They understand "
         "advice best when it is framed as a scenario or an anecdote about someone in a "
         "similar situation. They are reflective and imaginative, like a warm narrative tone, "
-        "and find bullet points cold and impersonal. They take their time reading, enjoy "
+        "and find terse, clinical language cold and impersonal. They take their time reading, enjoy "
         "vivid descriptions, and tend to reply with stories of their own."
     ),
     (
@@ -375,16 +375,16 @@ SEED_PERSONALITIES: tuple[str, ...] = (
     ),
     (
         "They are indecisive and easily torn between options. They want a clear "
-        "recommendation rather than a balanced list, and they feel frustrated by answers that "
+        "recommendation rather than a balanced overview, and they feel frustrated by answers that "
         "boil down to 'it depends'. They ask for opinions directly, appreciate confident "
-        "guidance, and like a short summary at the end. They are friendly and chatty, often "
+        "guidance, and like hearing the bottom line once more before they decide. They are friendly and chatty, often "
         "second-guess themselves, and value being gently nudged toward a decision."
     ),
     (
         "They are meticulous and detail-oriented, and they notice small errors or "
         "inconsistencies immediately. They want complete answers that cover edge cases, and "
-        "they would rather read a long response than miss something. They like numbered "
-        "steps, exact quantities and precise terminology. They are cautious, plan far ahead, "
+        "they would rather read a long response than miss something. They like exact "
+        "quantities, precise terminology and a clear order of things. They are cautious, plan far ahead, "
         "point out mistakes without hesitation, and feel uneasy when instructions are vague "
         "or left to judgement."
     ),

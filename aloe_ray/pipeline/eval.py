@@ -95,17 +95,6 @@ def rollout_settings(cfg: EvalConfig) -> dict:
             "prompt_version": EVAL_PROMPT_VERSION}
 
 
-def _check_resume(out: EvalOutput, settings: dict) -> None:
-    before = out.read_text("settings.json")
-    if before is None:
-        return
-    old = json.loads(before)
-    changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
-    if changed:
-        raise ConfigError(f"{out.root} was rolled out with other settings ({', '.join(changed)} differ); "
-                          f"resume with the same settings or choose another --name or --run_id")
-
-
 def bind_roles(roles: EvalRolesConfig, engines: dict[str, ChatEngine]) -> EvalRoles:
     def bind(name: str) -> RoleBinding:
         cfg = getattr(roles, name)
@@ -162,10 +151,8 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
         if engine.backend != EngineBackend.openai:
             check_model_spec(engine.model)
     out = EvalOutput(eval_root(cfg.output, cfg.run_id, cfg.eval_name), s3)
-    settings = rollout_settings(cfg)
-    _check_resume(out, settings)
+    out.pin_settings("settings.json", rollout_settings(cfg), made="rolled out", instead="another --name or --run_id")
     out.write_text("config.yaml", save_config(cfg))
-    out.write_json("settings.json", settings)
     done, orphans = out.recover(retry_failed=cfg.pipeline.retry_failed)
     pending = [s for s in specs if s.rollout_id not in done]
     log(f"[aloe-ray] eval {cfg.eval_name} of run {cfg.run_id}: {len(specs)} personas x {cfg.turns} turns; "
@@ -217,8 +204,7 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
     from aloe_ray.engines.pool import EnginePool, start_engine_pools
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
-                 log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
     log("[aloe-ray] starting engine pools: "

@@ -3,6 +3,7 @@ commit parts, report progress, write the manifest."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -10,10 +11,13 @@ from importlib import metadata
 
 import pyarrow.compute as pc
 
-from aloe_ray.config import GenerateTreesConfig, save_config
+from aloe_ray import storage
+from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
+from aloe_ray.pipeline.lease import RunLease
+from aloe_ray.pipeline.quality_report import write_quality_report
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.prompts import PROMPT_VERSION
 from aloe_ray.schema import NODES, TREES
@@ -21,6 +25,8 @@ from aloe_ray.storage import S3Options
 from aloe_ray.trees import TreeShape, make_tree_specs
 
 MANIFEST_DIR = "jobs/generate_trees"
+SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
+"""What the committed trees depend on (`tree_settings`): a rerun of the run_id must match it."""
 """Where the job's resolved config and manifest go inside the run root (each job has its own
 folder there, so the stages of one run never overwrite each other's)."""
 
@@ -45,26 +51,67 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
+    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s):
+        return _run(cfg, out, specs, personas, shape, s3, started, log)
+
+
+def tree_settings(cfg: GenerateTreesConfig) -> dict:
+    """What a committed tree's content depends on: a rerun of the run_id must keep all of it.
+    num_trees, samples_per_persona, engine sizing and the pipeline may change between runs."""
+    engines = cfg.used_engines()
+    roles = {}
+    for role in RolesConfig.model_fields:
+        r = getattr(cfg.roles, role)
+        e = engines[r.engine]
+        roles[role] = {"sampling": r.sampling.model_dump(mode="json"), "max_attempts": r.max_attempts,
+                       "engine": {"backend": e.backend.value, "model": e.model, "base_url": e.base_url}}
+    return {"seed": cfg.seed, "prompt_version": PROMPT_VERSION, "tree": cfg.tree.model_dump(mode="json"),
+            "personas": cfg.personas.model_dump(mode="json"), "roles": roles}
+
+
+def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, started: float, log) -> dict:
+    out.pin_settings(SETTINGS_FILE, tree_settings(cfg), made="grown", instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
     done = recovered.ok | recovered.failed
     pending = [s for s in specs if s.tree_id not in done]
     log(f"[aloe-ray] run {cfg.run_id}: {len(specs)} trees requested from {len(personas)} personas; "
         f"{len(recovered.ok)} already done, {len(pending)} to grow -> {out.root}")
-    if recovered.orphan_parts_removed or recovered.failed_rows_dropped:
-        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s), "
+    if recovered.orphan_parts_removed or recovered.failed_rows_dropped or recovered.superseded_parts_removed:
+        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s) and "
+            f"{recovered.superseded_parts_removed} part(s) an interrupted compaction had replaced; "
             f"{recovered.failed_rows_dropped} failed tree(s) will be grown again")
 
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+    replaced = out.compact(cfg.pipeline.trees_per_file)
+    if replaced:
+        log(f"[aloe-ray] compacted {replaced} small parts into parts of up to {cfg.pipeline.trees_per_file} trees")
+    previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
+    if not pending and not recovered.failed_rows_dropped and previous.get("quality"):
+        manifest["quality"] = previous["quality"]  # nothing changed since it was computed
+    else:
+        manifest["quality"] = write_quality_report(out, MANIFEST_DIR, title=f"Data quality of tree run {cfg.run_id}")
     out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
-    c = manifest["counts"]
+    c, q = manifest["counts"], manifest["quality"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
         f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
-    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
+    log(f"[aloe-ray] quality: inducer parsed {_pct(q['inducer_parse_rate'])}, cut at max_tokens "
+        + ", ".join(f"{r} {_pct(v)}" for r, v in q["cut_share"].items())
+        + f"; personalized chosen {_pct(q['personalized_chosen_rate'])}, judge chose "
+        + "/".join(f"{p} {_pct(v)}" for p, v in q["chosen_position_share"].items())
+        + f"; {q['dpo_pairs_default_filters']} DPO pairs pass the default filters")
+    for line in q["warnings"]:
+        log(f"[aloe-ray] WARNING (data quality): {line}")
+    log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}  "
+        f"quality: {out.file(MANIFEST_DIR + '/quality.md')}")
     return manifest
+
+
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
 
 
 def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total: int, already: int, log) -> dict:
@@ -76,14 +123,17 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace,
-                 log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
     log("[aloe-ray] starting engine pools: "
         + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
     pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     p = cfg.pipeline
+    growers = grower_count(p.grower_actors, ray.cluster_resources().get("CPU", 1.0), engines,
+                           parts=math.ceil(len(pending) / p.trees_per_part))
+    log(f"[aloe-ray] {growers} grower actor(s)" + (" (sized to the cluster's CPUs)" if p.grower_actors is None else "")
+        + f", up to {growers * p.parts_in_flight_per_actor * p.trees_per_part} trees in flight")
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     ds = ray.data.from_items([s.to_row() for s in pending],
                              override_num_blocks=math.ceil(len(pending) / p.trees_per_part))
@@ -91,9 +141,10 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         TreeGrower,
         batch_size=p.trees_per_part,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=p.grower_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
+        compute=ActorPoolStrategy(size=growers, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
                                   max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
         num_cpus=p.grower_num_cpus,
+        scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
         fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out, "board": board},
     )
     grow_started = time.monotonic()
@@ -124,16 +175,28 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     heartbeat.beat()
     for tree_id, reason in progress.failures[:5]:
         log(f"[aloe-ray] failed {tree_id}: {reason}")
-    stats: dict = {"grow_s": time.monotonic() - grow_started}
+    stats: dict = {"grow_s": time.monotonic() - grow_started,
+                   "growers_by_node": ray.get(board.placement.remote(), timeout=30)}
     for name, pool in pools.items():
         if isinstance(pool, EnginePool):
             stats[name] = ray.get([h.stats.remote() for h in pool.handles])
     return stats
 
 
+def grower_count(configured: int | None, cluster_cpus: float, engines: dict, *, parts: int) -> int:
+    """Grower actors: as configured, else one per CPU the engine actors leave free (an openai
+    pool reserves none), at least 1 and at most one per part."""
+    if configured is not None:
+        return configured
+    reserved = sum(e.num_cpus * e.replicas for e in engines.values() if e.backend != EngineBackend.openai)
+    return max(1, min(int(cluster_cpus - reserved), max(parts, 1)))
+
+
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
-    trees = out.read("trees")
-    nodes_count = out.read("nodes").num_rows
+    # Only the trees table's small columns, and the nodes' row count from Parquet footers: the
+    # driver never loads the nodes table.
+    trees = out.read_columns("trees", ["status", "num_pairs", "llm_calls", "prompt_tokens", "completion_tokens"])
+    nodes_count = out.count_rows("nodes")
     ok = trees.filter(pc.equal(trees["status"], "ok"))
     return {
         "run_id": cfg.run_id,
@@ -146,10 +209,13 @@ def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_s
             "trees_failed": trees.num_rows - ok.num_rows,
             "nodes": nodes_count,
             "pairs": int(pc.sum(ok["num_pairs"]).as_py() or 0),
+            "llm_calls": int(pc.sum(trees["llm_calls"]).as_py() or 0),
             "prompt_tokens": int(pc.sum(trees["prompt_tokens"]).as_py() or 0),
             "completion_tokens": int(pc.sum(trees["completion_tokens"]).as_py() or 0),
         },
+        "files": {t: len(storage.list_files(out.table(t), ".parquet", out.s3)) for t in ("nodes", "trees")},
         "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
+        "growers_by_node": engine_stats.pop("growers_by_node", {}),
         "engines": engine_stats,
         "tables": {"nodes": NODES.names, "trees": TREES.names},
         "packages": package_versions(),

@@ -17,6 +17,10 @@ from aloe_ray.engines.base import ChatEngine, Sampling
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.trees import RoleBinding, TreeRoles, TreeShape, TreeSpec, grow_tree
 
+COMMIT_ATTEMPTS = 6
+COMMIT_BACKOFF_S = 1.0
+"""Tries of a part's commit (backoff 1, 2, 4, 8, 16 s) before the batch fails."""
+
 SUMMARY_COLUMNS = ("tree_id", "status", "failure_reason", "num_nodes", "num_pairs",
                    "prompt_tokens", "completion_tokens", "llm_calls", "part")
 
@@ -37,16 +41,40 @@ class TreeGrower:
         self.shape = shape
         self.output = output
         self.board = board
-        """Handle of the run's ProgressBoard actor (or None): told of tree starts and finished turns,
-        fire and forget."""
+        """Handle of the run's ProgressBoard actor (or None): told where this grower runs, of tree
+        starts and of finished turns, fire and forget."""
+        if board is not None:
+            import ray
+
+            ctx = ray.get_runtime_context()
+            board.grower_started.remote(ctx.get_actor_id() or "driver", ctx.get_node_id())
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
         specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]
         results = await asyncio.gather(*(self._grow(s) for s in specs))
-        part = await asyncio.to_thread(self.output.commit, results)
         summary = {c: [r.tree.get(c) for r in results] for c in SUMMARY_COLUMNS if c != "part"}
+        try:
+            part = await self._commit(results)
+        except Exception as exc:  # noqa: BLE001 - the trees stay unwritten: a rerun grows them again
+            part = None
+            reason = f"commit failed after {COMMIT_ATTEMPTS} attempts (not written; a rerun grows it): " \
+                     f"{type(exc).__name__}: {str(exc)[:500]}"
+            summary["status"] = ["failed"] * len(results)
+            summary["failure_reason"] = [reason] * len(results)
         summary["part"] = [part] * len(results)
         yield summary
+
+    async def _commit(self, results) -> str:
+        """Commit the part, retrying a failed write (a transient S3 error): the part's file names
+        derive from its tree ids, so a retry rewrites the same files."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(self.output.commit, results)
+            except Exception:  # noqa: BLE001 - retried; the last failure is the caller's
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(COMMIT_BACKOFF_S * 2.0**attempt, 30.0))
+        raise AssertionError("unreachable")
 
     async def _grow(self, spec: TreeSpec):
         if self.board is None:

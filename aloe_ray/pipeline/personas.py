@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from aloe_ray.config import ConfigError, GeneratePersonasConfig, save_config
+from aloe_ray.config import GeneratePersonasConfig, save_config
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.dedup import max_similarity, similarity_histogram
 from aloe_ray.personas.embed import resolve_embedder
@@ -107,7 +107,7 @@ def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
 
 def candidate_filter(cfg: GeneratePersonasConfig, kind: str) -> CandidateFilter:
     k = getattr(cfg, POOL_TABLES[kind])
-    return CandidateFilter(min_words=k.min_words, max_words=k.max_words)
+    return CandidateFilter(min_words=k.min_words, max_words=k.max_words, personality=kind == "personality")
 
 
 def pool_settings(cfg: GeneratePersonasConfig, seeds: dict[str, list[str]], seed_label: str) -> dict:
@@ -128,35 +128,17 @@ def pool_settings(cfg: GeneratePersonasConfig, seeds: dict[str, list[str]], seed
 
 
 
-def check_resume(out: PoolOutput, settings: dict) -> None:
-    """Refuse to add rounds to a pool built with other settings (a pool embedded by another model,
-    deduped at another threshold or seeded from other members would mix incompatible rounds)."""
-    before = out.read_text(SETTINGS_FILE)
-    if before is None:
-        return
-    old = json.loads(before)
-    changed = sorted(_changed_keys(old, settings))
-    if changed:
-        raise ConfigError(f"{out.root} was built with other settings ({', '.join(changed)} differ); resume with "
-                          f"the same settings or choose another --run_id")
-
-
-def _changed_keys(old, new, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [key for k in old.keys() | new.keys() for key in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [prefix.rstrip(".")]
-
-
 def run_persona_pool(cfg: GeneratePersonasConfig, log: Callable[[str], None] = print) -> dict:
     """Build the pool under `<output>/<run_id>/`; returns the manifest."""
     started = time.time()
     s3 = s3_options(cfg)
     seeds, seed_label, bench_files = check_inputs(cfg, s3)
     out = PoolOutput(cfg.output, cfg.run_id, s3)
-    settings = pool_settings(cfg, seeds, seed_label)
-    check_resume(out, settings)  # before anything is written or started
+    # Before anything else is written or started: a pool embedded by another model, deduped at
+    # another threshold or seeded from other members would mix incompatible rounds.
+    out.pin_settings(SETTINGS_FILE, pool_settings(cfg, seeds, seed_label), made="built",
+                     instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
-    out.write_json(SETTINGS_FILE, settings)
     committed, removed = out.recover()
     log(f"[personas] run {cfg.run_id}: {len(seeds['profile'])} seed profiles, {len(seeds['personality'])} seed "
         f"personalities ({seed_label}); {len(committed)} round(s) already committed -> {out.root}")
@@ -366,7 +348,7 @@ class _RayRunner:
 
         if not ray.is_initialized():
             c = self.cfg.ray
-            ray.init(address=c.address, num_cpus=c.num_cpus, namespace=c.namespace, log_to_driver=True)
+            ray.init(**c.init_kwargs())
         DataContext.get_current().enable_progress_bars = False
         return ray
 

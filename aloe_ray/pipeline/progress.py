@@ -20,6 +20,17 @@ class ProgressBoard:
     def __init__(self) -> None:
         self.turns: dict[str, int] = {}  # deepest completed turn per started tree (a retried batch
         self.finished: set[str] = set()   # grows the same trees again: counted once)
+        self.growers: dict[str, str] = {}  # grower actor id -> the node it runs on
+
+    def grower_started(self, actor_id: str, node_id: str) -> None:
+        self.growers[actor_id] = node_id
+
+    def placement(self) -> dict[str, int]:
+        """Grower actors per node (a restarted actor counts again)."""
+        out: dict[str, int] = {}
+        for node in self.growers.values():
+            out[node] = out.get(node, 0) + 1
+        return out
 
     def tree_started(self, tree_id: str) -> None:
         self.turns.setdefault(tree_id, 0)

@@ -13,6 +13,7 @@ import json
 import pyarrow as pa
 
 from aloe_ray import storage
+from aloe_ray.config import ConfigError
 from aloe_ray.storage import S3Options
 
 
@@ -20,9 +21,11 @@ class RunRoot:
     SCHEMAS: dict[str, pa.Schema] = {}
     """The tables under this root, by folder name."""
 
-    def __init__(self, root: str, s3: S3Options | None = None) -> None:
+    def __init__(self, root: str, s3: S3Options | None = None, schemas: dict[str, pa.Schema] | None = None) -> None:
         self.root = root
         self.s3 = s3
+        if schemas is not None:
+            self.SCHEMAS = schemas
 
     def file(self, name: str) -> str:
         return storage.join(self.root, name)
@@ -35,6 +38,26 @@ class RunRoot:
         if not storage.exists(self.table(name), self.s3):
             return schema.empty_table()
         return storage.read_parquet(self.table(name), self.s3, schema=schema)
+
+    def read_columns(self, name: str, columns: list[str]) -> pa.Table:
+        """Some columns of a table (every part), read with pyarrow.dataset."""
+        import pyarrow.dataset as pads
+
+        schema = self.SCHEMAS[name]
+        if not storage.exists(self.table(name), self.s3):
+            return pa.schema([schema.field(c) for c in columns]).empty_table()
+        fs, path = storage.filesystem_for(self.table(name), self.s3)
+        return pads.dataset(path, filesystem=fs, format="parquet", schema=schema,
+                            exclude_invalid_files=False).to_table(columns=columns)
+
+    def count_rows(self, name: str) -> int:
+        """A table's rows, from the Parquet footers."""
+        import pyarrow.dataset as pads
+
+        if not storage.exists(self.table(name), self.s3):
+            return 0
+        fs, path = storage.filesystem_for(self.table(name), self.s3)
+        return pads.dataset(path, filesystem=fs, format="parquet", schema=self.SCHEMAS[name]).count_rows()
 
     def read_text(self, name: str) -> str | None:
         """A file under the root, or None if there is none."""
@@ -52,9 +75,27 @@ class RunRoot:
     def write_json(self, name: str, data: dict) -> None:
         self.write_text(name, json.dumps(data, indent=2, default=str) + "\n")
 
+    def pin_settings(self, name: str, settings: dict, *, made: str, instead: str) -> None:
+        """Record what the committed output depends on (`name`, JSON); on a rerun, refuse settings
+        that differ, naming every changed key (ConfigError: the jobs exit 2 before anything runs)."""
+        before = self.read_text(name)
+        if before is not None:
+            changed = changed_keys(json.loads(before), json.loads(json.dumps(settings, default=str)))
+            if changed:
+                raise ConfigError(f"{self.root} was {made} with other settings ({', '.join(sorted(changed))} "
+                                  f"differ); resume with the same settings or choose {instead}")
+        self.write_json(name, settings)
+
     @staticmethod
     def _name(uri: str) -> str:
         return uri.rsplit("/", 1)[-1]
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like settings trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for k in old.keys() | new.keys() for key in changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
 def rewrite_part(uri: str, kept: pa.Table, s3: S3Options | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -24,9 +25,10 @@ from aloe_ray.config import save_config
 from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.pipeline.generate import package_versions
-from aloe_ray.schema import DPO, SFT
+from aloe_ray.schema import DPO, NODES, SFT
 from aloe_ray.storage import S3Options
-from aloe_ray.train.datasets import DpoFilters, TreeDataError, dpo_pairs, sft_examples
+from aloe_ray.pipeline.run_root import RunRoot
+from aloe_ray.train.datasets import NODE_COLUMNS, DpoFilters, TreeDataError, dpo_pairs, sft_examples
 
 class TrainingFailed(RuntimeError):
     """Training did not finish (workers failed more often than scaling.max_failures allows)."""
@@ -54,8 +56,10 @@ def base_model(cfg) -> str:
     return cfg.model
 
 
-def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
-    """The rows to train on, validated; raises TreeDataError with the reason when there are none."""
+def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None) -> pa.Table:
+    """The rows to train on, validated; raises TreeDataError with the reason when there are none.
+    What the filters dropped (truncated replies, DPO filters) is counted in `dropped` by reason."""
+    dropped = Counter() if dropped is None else dropped
     schema = SFT if task == "sft" else DPO
     if cfg.data.table:
         try:
@@ -69,26 +73,36 @@ def training_rows(cfg, task: str, s3: S3Options) -> pa.Table:
             raise TreeDataError(f"data.table {cfg.data.table} is not a {task} table: lacks {sorted(missing)}")
         table = table.select(schema.names).cast(schema)
     else:
-        rows: list[dict] = []
-        for root in [r.strip() for r in cfg.data.trees.split(",") if r.strip()]:
-            try:
-                nodes = storage.read_parquet(storage.join(root, "nodes"), s3).to_pylist()
-            except FileNotFoundError:
-                raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?") from None
-            if task == "sft":
-                rows += sft_examples(nodes, loss_on=cfg.loss_on.value)
-            else:
-                rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
-                                                    cfg.rejected.value))
-        table = pa.Table.from_pylist(rows, schema=schema)
+        table = rows_from_trees(cfg.data.trees, task, cfg, s3, dropped)
     id_col = "example_id" if task == "sft" else "pair_id"
     table = table.sort_by(id_col)
     if cfg.data.max_examples:
         table = table.slice(0, cfg.data.max_examples)
     if table.num_rows == 0:
+        why = f" (dropped: {dict(dropped)})" if dropped else ""
         raise TreeDataError(f"no {task} rows to train on from {cfg.data.trees or cfg.data.table}"
-                            + (" after the filters" if task == "dpo" else ""))
+                            + (" after the filters" if task == "dpo" else "") + why
+                            + ("; --keep_truncated=true keeps replies cut at max_tokens" if any(
+                                "truncated" in k for k in dropped) else ""))
     return table
+
+
+def rows_from_trees(trees: str, task: str, cfg, s3: S3Options, dropped: Counter) -> pa.Table:
+    """SFT or DPO rows of one or more tree runs (comma-separated run roots), with `cfg`'s filters
+    (loss_on; rejected, personalized_chosen_only, min_judge_margin; keep_truncated). Shared by
+    the training jobs and the dataset export."""
+    rows: list[dict] = []
+    for root in [r.strip() for r in trees.split(",") if r.strip()]:
+        if not storage.exists(storage.join(root, "nodes"), s3):
+            raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?")
+        nodes = RunRoot(root, s3, {"nodes": NODES}).read_columns("nodes", list(NODE_COLUMNS)).to_pylist()
+        if task == "sft":
+            rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
+                                 dropped=dropped)
+        else:
+            rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
+                                                cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
+    return pa.Table.from_pylist(rows, schema=SFT if task == "sft" else DPO)
 
 
 def load_tokenizer(model: str, s3: S3Options):
@@ -145,7 +159,11 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     elif not storage.exists(storage.join(model, "config.json"), s3):
         raise TreeDataError(f"from_sft: no merged model at {model} (run jobs/train_sft.py first)")
     # Bad input fails here, before Ray starts or any model loads.
-    table = training_rows(cfg, task, s3)
+    dropped: Counter = Counter()
+    table = training_rows(cfg, task, s3, dropped)
+    if dropped:
+        log(f"[aloe-ray] {task} rows: dropped " + ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
+            + ("" if cfg.keep_truncated else " (replies cut at max_tokens are never targets; --keep_truncated=true keeps them)"))
     root = absolute(storage.join(cfg.output, cfg.run_id))
     meta = storage.join(root, "jobs", f"train_{task}")
     storage.write_text(storage.join(meta, "config.yaml"), save_config(cfg), s3)
@@ -170,7 +188,7 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     from aloe_ray.train.worker import train_loop
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, namespace=cfg.ray.namespace, log_to_driver=True)
+        ray.init(**cfg.ray.init_kwargs())
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and storage.is_local(root) and not os.environ.get("ALOE_SHARED_FS"):
         raise TreeDataError(f"output {cfg.output} is a local path but the cluster has {len(nodes)} nodes: workers on "
@@ -210,7 +228,8 @@ def run_training(cfg: TrainSFTConfig | TrainDPOConfig, task: str, log: Callable[
     storage.write_text(storage.join(meta, "metrics.json"), json.dumps(metrics, indent=2), s3)
     manifest = {
         "run_id": cfg.run_id, "job": f"train_{task}", "output": root, "base_model": model,
-        "rows": table.num_rows, "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
+        "rows": table.num_rows, "dropped": dict(sorted(dropped.items())), "keep_truncated": cfg.keep_truncated,
+        "preflight": preflight, "model": written, "checkpoint": result.checkpoint.path,
         "metrics": metrics["final"],
         "timing": {"wall_s": time.time() - started, "train_s": train_s},
         "packages": package_versions(PACKAGES), "config": cfg.model_dump(mode="json"),

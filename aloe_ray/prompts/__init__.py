@@ -11,12 +11,13 @@ from aloe_ray.prompts.templates import (
     responder_messages,
     simulator_messages,
 )
-from aloe_ray.prompts.parsers import InducedPersona, parse_induced, parse_choice
+from aloe_ray.prompts.parsers import InducedPersona, clean_user_message, parse_choice, parse_induced
 
 __all__ = [
     "PROMPT_VERSION",
     "InducedPersona",
     "candidate_letters",
+    "clean_user_message",
     "inducer_messages",
     "judge_messages",
     "parse_choice",

@@ -60,3 +60,33 @@ def parse_choice(reply: str, choices: tuple[str, ...]) -> int | None:
     if len(named) == 1:
         return upper.index(named.pop())
     return None
+
+
+_STAGE_DIRECTION = re.compile(r"\*[^*\n]{1,200}\*")
+"""`*smiles*`, `*leans back*`: role-play actions, stripped from a simulated user's message (as the
+reference implementation does). Markdown bold (`**word**`) is unwrapped first, so it stays."""
+_ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?\s*(?:user|human|me|you|customer|client)\s*(?:\*\*|__)?\s*:\s*",
+                          re.IGNORECASE)
+_OTHER_SIDE = re.compile(r"^\s*(?:\*\*|__)?\s*(?:assistant|ai|ai assistant|chatbot|bot|system)\s*(?:\*\*|__)?\s*:",
+                         re.IGNORECASE | re.MULTILINE)
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»"}
+
+
+def clean_user_message(reply: str) -> str:
+    """A simulated user's message as a user would send it: stage directions (`*smiles*`), a role
+    label in front ('User:', '**Me:**'), the assistant's side if the model wrote it too ('...
+    Assistant: ...' from there on) and quotes around the whole message are removed; '' when
+    nothing is left (the caller retries)."""
+    text = _OTHER_SIDE.split(reply, maxsplit=1)[0]
+    text = re.sub(r"(\*\*|__)(.+?)\1", r"\2", text)
+    text = _STAGE_DIRECTION.sub(" ", text)
+    previous = None
+    while previous != text:  # 'User: "hi"' -> 'hi'
+        previous = text
+        text = _ROLE_PREFIX.sub("", text.strip())
+        if len(text) >= 2 and text[0] in _QUOTES and text[-1] == _QUOTES[text[0]] \
+                and text[0] not in text[1:-1]:
+            text = text[1:-1]
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r" *\n *", "\n", text).strip()
+    return "" if not re.search(r"\w", text) else text

@@ -1,5 +1,9 @@
 """Persona-pool generation: our own request wording and the parser of replies (version
-`aloe-ray/personas-v1`). Pure: no Ray, no torch.
+`aloe-ray/personas-v2`). Pure: no Ray, no torch.
+
+v2 (over v1): a personality is traits and conversational style only (no occupation or other
+profile facts, no checklist of how an assistant should format answers); a profile is facts in
+any mix, not every slot of a fixed template.
 
 A request shows k pool members of one kind and asks for m new, different ones as a numbered list.
 Replies are parsed leniently: numbered lists ('1.', '2)', '#3', '**4.**', 'Profile 5:', '### Profile
@@ -17,7 +21,7 @@ from enum import StrEnum
 
 from aloe_ray.engines.base import Message
 
-PERSONA_PROMPT_VERSION = "aloe-ray/personas-v1"
+PERSONA_PROMPT_VERSION = "aloe-ray/personas-v2"
 
 
 class PoolKind(StrEnum):
@@ -30,15 +34,18 @@ class PoolKind(StrEnum):
 _WHAT = {
     PoolKind.profile: (
         "A user profile is a short paragraph of 8 to 10 objective facts about one person, written in the "
-        "third person ('He is...', 'She is...' or 'They are...'): age, occupation, where they live, family "
-        "situation, education, health or diet, hobbies or pets, and something they are working on right "
-        "now. Facts only: no personality traits, feelings or ways of talking."
+        "third person ('He is...', 'She is...' or 'They are...'). Pick whatever facts make this person "
+        "distinct, such as age, work or studies, where they live, family, health, hobbies, money, plans or "
+        "a current project; no person needs every kind. Facts only: no personality traits, feelings or "
+        "ways of talking."
     ),
     PoolKind.personality: (
         "A personality is a short paragraph of 8 to 10 traits describing how one person thinks and "
-        "talks, written in the third person ('He is...', 'She is...' or 'They are...'): temperament, "
-        "what they value, how they like answers (length, tone, structure), what irritates them, how they "
-        "react to advice. Traits only: no age, job, place, family or other facts about their life."
+        "talks in a conversation, written in the third person ('He is...', 'She is...' or 'They are...'): "
+        "temperament, what they value, their humour, how they talk (chatty or terse, formal or casual), "
+        "what irritates them, how they react to advice or to other people. Personality traits and "
+        "conversational style only: no age, job, place, family or other facts about their life, and no "
+        "list of how an assistant should format its answers (bullet points, headings, summaries)."
     ),
 }
 
@@ -53,7 +60,7 @@ line, and write nothing else."""
 
 _VARY = {
     PoolKind.profile: "age, gender, country, occupation, family situation, health and hobbies",
-    PoolKind.personality: "temperament, values, preferred answer style and tone",
+    PoolKind.personality: "temperament, values, humour, way of talking and tone",
 }
 
 

@@ -1,4 +1,8 @@
-"""Our own prompt wording for the four tree-growth roles (version `aloe-ray/trees-v1`).
+"""Our own prompt wording for the four tree-growth roles (version `aloe-ray/trees-v2`).
+
+v2 (over v1) carries the method's instructions: the simulator chats with the assistant as one
+chats with a friend, not a search box; responders answer in concise, human-like language of at
+most about three sentences. Rows record the version, so v1 runs stay readable as they are.
 
 A conversation is a list of {"role": "user"|"assistant", "content"} turns in the assistant's
 point of view. The simulator sees it with roles swapped (it plays the user); the judge and the
@@ -11,7 +15,7 @@ import string
 
 from aloe_ray.engines.base import Message
 
-PROMPT_VERSION = "aloe-ray/trees-v1"
+PROMPT_VERSION = "aloe-ray/trees-v2"
 
 _SIMULATOR = """You are role-playing a human user who is chatting with an AI assistant.
 Who you are:
@@ -20,10 +24,13 @@ Who you are:
 Ignore any pronouns in these descriptions that do not fit you.
 
 How to play:
-- Write only your own next message to the assistant, in the first person, as this person would type it.
+- Chat with the assistant the way you would chat with a friend, not the way you would type into
+  a search box: share news, opinions or worries, react to what it said, joke, ask follow-up
+  questions. Do not always ask for advice or information.
 - Reveal only a little about yourself per message, naturally; never recite your profile.
-- Chat like a real person: share news, opinions or worries, react to what the assistant said,
-  ask follow-up questions; do not always ask for advice.
+- Talk the way this person talks (their personality decides tone, length and wording).
+- Write only your own next message, in the first person: no name or role label in front of it,
+  no stage directions such as *smiles*, no quotation marks around it, nothing the assistant says.
 - Keep it short: one to three sentences.
 - Never say that you are an AI, a simulator or playing a role."""
 
@@ -44,14 +51,17 @@ Answer in exactly this format, with 'none' where nothing is revealed yet:
 PROFILE: <revealed facts about the user's life, separated by semicolons>
 PERSONALITY: <revealed traits and conversational preferences, separated by semicolons>"""
 
+_RESPONDER_STYLE = ("Answer in concise, human-like language, as a person would in a chat: at most about "
+                   "three sentences, no lists or headings unless asked.")
+
 _RESPONDER_PERSONALIZED = """You are a helpful AI assistant. From the conversation so far you \
 have learned this about the user:
 - About their life: {profile}
 - About how they like to talk: {personality}
 Fit the content and the style of your reply to this person, without saying that you know these \
-things. Reply in about three sentences."""
+things. """ + _RESPONDER_STYLE
 
-_RESPONDER_PLAIN = "You are a helpful AI assistant. Reply in about three sentences."
+_RESPONDER_PLAIN = "You are a helpful AI assistant. " + _RESPONDER_STYLE
 
 _JUDGE = """You decide which assistant reply a particular user would prefer.
 

@@ -13,17 +13,27 @@ recovered by following `continued` edges from its first user message.
 - DPO: one pair per judged turn (or one per rejected candidate): prompt = the history along the
   path up to and including that turn's user message, chosen = the judge-preferred reply,
   rejected = another candidate; TRL's conversational preference format.
+
+A reply cut at max_tokens (`finish_reason == 'length'`) is never a training target unless asked
+(`keep_truncated`): it carries no SFT loss (it stays as context where the conversation went on
+from it) and makes no DPO pair as chosen or rejected. Whatever a filter drops is counted, by
+reason, in the `dropped` Counter the caller passes.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aloe_ray.trees.spec import stable_id
 
 Message = dict[str, str]
+
+
+NODE_COLUMNS = ("run_id", "tree_id", "node_id", "parent_id", "path", "turn", "role", "text", "candidate_index",
+                "personalized", "label", "continued", "judge_probs", "finish_reason")
+"""The nodes columns SFT and DPO rows are made from (readers prune to these)."""
 
 
 class TreeDataError(ValueError):
@@ -39,6 +49,8 @@ class DpoFilters:
     without judge probabilities pass only when this is 0)."""
     rejected: str = "each"
     """'each': one pair per rejected candidate; 'one': one pair per turn (the first rejected)."""
+    keep_truncated: bool = False
+    """Keep pairs whose chosen or rejected reply was cut at max_tokens."""
 
 
 @dataclass
@@ -109,11 +121,19 @@ def _paths(tree: _Tree) -> list[list[tuple[dict, dict, bool]]]:
     return out
 
 
-def sft_examples(nodes: Iterable[dict], *, loss_on: str = "chosen") -> list[dict]:
+def truncated(node: dict) -> bool:
+    """The reply was cut at max_tokens."""
+    return node.get("finish_reason") == "length"
+
+
+def sft_examples(nodes: Iterable[dict], *, loss_on: str = "chosen", keep_truncated: bool = False,
+                 dropped: Counter | None = None) -> list[dict]:
     """SFT rows: `messages` (user/assistant alternating) and `assistant_targets` (one bool per
-    assistant message: whether it carries loss). Paths with no target are dropped."""
+    assistant message: whether it carries loss). A truncated reply loses its loss unless
+    `keep_truncated` ('target_truncated'); paths with no target left are dropped ('no_target')."""
     if loss_on not in ("chosen", "continued"):
         raise ValueError(f"loss_on must be 'chosen' or 'continued', not {loss_on!r}")
+    dropped = Counter() if dropped is None else dropped
     rows = []
     for tree in _trees(nodes):
         for path in _paths(tree):
@@ -121,8 +141,13 @@ def sft_examples(nodes: Iterable[dict], *, loss_on: str = "chosen") -> list[dict
             targets: list[bool] = []
             for user, reply, _leaf in path:
                 messages += [{"role": "user", "content": user["text"]}, {"role": "assistant", "content": reply["text"]}]
-                targets.append(loss_on == "continued" or reply.get("label") == "chosen")
+                target = loss_on == "continued" or reply.get("label") == "chosen"
+                if target and truncated(reply) and not keep_truncated:
+                    dropped["target_truncated"] += 1
+                    target = False
+                targets.append(target)
             if not any(targets):
+                dropped["no_target"] += 1
                 continue
             leaf = path[-1][1]["node_id"]
             rows.append({
@@ -133,11 +158,15 @@ def sft_examples(nodes: Iterable[dict], *, loss_on: str = "chosen") -> list[dict
     return rows
 
 
-def dpo_pairs(nodes: Iterable[dict], filters: DpoFilters = DpoFilters()) -> list[dict]:
+def dpo_pairs(nodes: Iterable[dict], filters: DpoFilters = DpoFilters(), *,
+              dropped: Counter | None = None) -> list[dict]:
     """DPO rows: `prompt` (history up to and including the user message), `chosen` and
-    `rejected` (one assistant message each), plus provenance."""
+    `rejected` (one assistant message each), plus provenance. Candidate pairs a filter drops are
+    counted in `dropped` by reason: personalized_not_chosen, chosen_truncated, rejected_truncated,
+    identical_texts, judge_margin_below_min."""
     if filters.rejected not in ("each", "one"):
         raise ValueError(f"rejected must be 'each' or 'one', not {filters.rejected!r}")
+    dropped = Counter() if dropped is None else dropped
     rows = []
     for tree in _trees(nodes):
         seen: set[str] = set()
@@ -149,23 +178,23 @@ def dpo_pairs(nodes: Iterable[dict], filters: DpoFilters = DpoFilters()) -> list
                 if user["node_id"] in seen:  # a turn shared by several paths of an 'all' tree
                     continue
                 seen.add(user["node_id"])
-                rows.extend(_turn_pairs(tree, user, prompt, filters))
+                rows.extend(_turn_pairs(tree, user, prompt, filters, dropped))
     return rows
 
 
-def _turn_pairs(tree: _Tree, user: dict, prompt: list[Message], f: DpoFilters) -> list[dict]:
+def _turn_pairs(tree: _Tree, user: dict, prompt: list[Message], f: DpoFilters, dropped: Counter) -> list[dict]:
     chosen = _chosen(tree, user)
-    if f.personalized_chosen_only and not chosen.get("personalized"):
-        return []
     probs = user.get("judge_probs")
     out = []
     for rej in tree.candidates[user["node_id"]]:
-        if rej is chosen or _same(rej["text"], chosen["text"]):
+        if rej is chosen:
             continue
         margin = None
         if probs is not None and len(probs) > max(chosen["candidate_index"], rej["candidate_index"]):
             margin = float(probs[chosen["candidate_index"]]) - float(probs[rej["candidate_index"]])
-        if f.min_judge_margin > 0 and (margin is None or margin < f.min_judge_margin):
+        reason = _drop_reason(chosen, rej, margin, f)
+        if reason:
+            dropped[reason] += 1
             continue
         out.append({
             "run_id": tree.run_id, "tree_id": tree.tree_id,
@@ -180,6 +209,21 @@ def _turn_pairs(tree: _Tree, user: dict, prompt: list[Message], f: DpoFilters) -
         if f.rejected == "one":
             break
     return out
+
+
+def _drop_reason(chosen: dict, rejected: dict, margin: float | None, f: DpoFilters) -> str | None:
+    """Why a (chosen, rejected) pair is not trained on, the first reason that applies; None: kept."""
+    if f.personalized_chosen_only and not chosen.get("personalized"):
+        return "personalized_not_chosen"
+    if not f.keep_truncated and truncated(chosen):
+        return "chosen_truncated"
+    if not f.keep_truncated and truncated(rejected):
+        return "rejected_truncated"
+    if _same(rejected["text"], chosen["text"]):
+        return "identical_texts"
+    if f.min_judge_margin > 0 and (margin is None or margin < f.min_judge_margin):
+        return "judge_margin_below_min"
+    return None
 
 
 def _same(a: str, b: str) -> bool:

@@ -4,6 +4,10 @@ Invariants of a grown tree:
 - turn k (1-based) has one user node and `num_candidates` assistant nodes, children of it;
 - a user node's parent is the assistant node the conversation continued along (none at turn 1);
 - exactly one candidate per judged turn is labelled 'chosen', the rest 'rejected';
+- the judge sees the candidates in a seeded random order (`judge_order`: the candidate index shown
+  at each display position), so a judge's position bias is not a label; its verdict and
+  probabilities are mapped back to candidate indices;
+- a simulated user's message is cleaned (`clean_user_message`); the raw reply is kept (`text_raw`);
 - every node id, and every request seed, derives from (tree id, path in tree, role, attempt).
 A tree either grows completely (status 'ok') or fails with a reason; a failed tree yields no nodes.
 """
@@ -23,6 +27,7 @@ from aloe_ray.engines.base import ChatEngine, ChatRequest, Completion, Message, 
 from aloe_ray.prompts import (
     PROMPT_VERSION,
     candidate_letters,
+    clean_user_message,
     inducer_messages,
     judge_messages,
     parse_choice,
@@ -100,6 +105,8 @@ async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
         await growth.run()
     except TreeFailure as exc:
         status, reason = "failed", str(exc)[:2000]
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected reply: this tree fails, the run goes on
+        status, reason = "failed", f"unexpected {type(exc).__name__} while growing: {str(exc)[:1800]}"
     c = growth.counters
     nodes = c.nodes if status == "ok" else []
     tree = {
@@ -161,7 +168,7 @@ class _Growth:
         p, tree_id = self.persona, self.spec.tree_id
         user_path = f"{at.path}u{turn}"
         user = await self._call("simulator", user_path, simulator_messages(p.profile, p.personality, at.conversation),
-                                accept=_non_empty)
+                                accept=lambda c: clean_user_message(c.text) or None)
         conversation = [*at.conversation, {"role": "user", "content": user.value}]
 
         induced_call = await self._call("inducer", user_path, inducer_messages(p.profile, p.personality, conversation),
@@ -177,11 +184,12 @@ class _Growth:
         ))
         texts = [c.value for c in candidates]
         letters = candidate_letters(n)
+        order = judge_display_order(self.spec.seed, user_path, n)
         verdict = await self._call(
-            "judge", user_path, judge_messages(p.profile, p.personality, conversation, texts),
+            "judge", user_path, judge_messages(p.profile, p.personality, conversation, [texts[i] for i in order]),
             accept=lambda c: parse_choice(c.text, letters), choices=letters,
         )
-        chosen = verdict.value
+        chosen = order[verdict.value]
         self.counters.pairs += 1
 
         user_id = stable_id(tree_id, user_path)
@@ -191,9 +199,13 @@ class _Growth:
                         induced_ok=induced is not None,
                         induced_raw=induced_call.completion.text,
                         inducer_model=induced_call.completion.model or self.roles.inducer.engine.model_name,
+                        text_raw=user.completion.text,
+                        induced_finish_reason=induced_call.completion.finish_reason,
                         judge_choice=chosen,
-                        judge_probs=verdict.completion.choice_probs,
+                        judge_order=list(order),
+                        judge_probs=by_candidate(verdict.completion.choice_probs, order),
                         judge_raw=verdict.completion.text,
+                        judge_finish_reason=verdict.completion.finish_reason,
                         judge_model=verdict.completion.model or self.roles.judge.engine.model_name)
         self.counters.nodes.append(user_row)
 
@@ -254,6 +266,24 @@ class _Growth:
         return _Call(completion, None, seed, time.monotonic() - started, binding.max_attempts)
 
 
+def judge_display_order(tree_seed: int, user_path: str, n: int) -> tuple[int, ...]:
+    """The candidate index shown at each display position ('Reply A', 'Reply B', ...) of one
+    judged turn: a permutation seeded like every other request, so reruns show the same order."""
+    order = list(range(n))
+    random.Random(derive_seed(tree_seed, user_path, "judge-order")).shuffle(order)
+    return tuple(order)
+
+
+def by_candidate(display_probs: list[float] | None, order: tuple[int, ...]) -> list[float] | None:
+    """Probabilities given per display position, re-indexed by candidate."""
+    if display_probs is None:
+        return None
+    out = [0.0] * len(order)
+    for position, candidate in enumerate(order):
+        out[candidate] = display_probs[position]
+    return out
+
+
 def _non_empty(c: Completion) -> str | None:
     return c.text.strip() or None
 
@@ -264,8 +294,10 @@ def _row(spec: TreeSpec, node_id: str, parent_id: str | None, path: str, turn: i
         "run_id": spec.run_id, "tree_id": spec.tree_id, "node_id": node_id, "parent_id": parent_id,
         "path": path, "turn": turn, "role": role, "text": text,
         "candidate_index": None, "personalized": None, "label": None, "continued": None,
+        "text_raw": None,
         "induced_profile": None, "induced_personality": None, "induced_ok": None, "induced_raw": None,
-        "judge_choice": None, "judge_probs": None, "judge_raw": None,
+        "induced_finish_reason": None,
+        "judge_choice": None, "judge_order": None, "judge_probs": None, "judge_raw": None, "judge_finish_reason": None,
         "model": call.completion.model, "inducer_model": None, "judge_model": None,
         "prompt_version": PROMPT_VERSION, "seed": call.seed,
         "prompt_tokens": call.completion.prompt_tokens, "completion_tokens": call.completion.completion_tokens,

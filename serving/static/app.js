@@ -236,7 +236,12 @@ function drawChart() {
 // ---- trees ------------------------------------------------------------------------------------
 
 const SHOWN = new Set(["text", "role", "turn", "label", "personalized", "continued", "candidate_index",
-  "induced_profile", "induced_personality", "induced_ok", "induced_raw", "judge_choice", "judge_probs"]);
+  "induced_profile", "induced_personality", "induced_ok", "induced_raw", "judge_choice", "judge_probs", "judge_order"]);
+
+function cutFlags(n) {  // the run's quality flags on a node: a request cut at max_tokens
+  return [["finish_reason", "cut at max_tokens"], ["induced_finish_reason", "inducer cut"], ["judge_finish_reason", "judge cut"]]
+    .filter(([c]) => n[c] === "length").map(([, text]) => el("span", { class: "flag" }, text));
+}
 
 async function loadTrees() {
   const out = await getJSON("/interactive/trees");
@@ -274,12 +279,14 @@ function userNode(n, kids, extra) {
     el("div", { class: "bubble user" }, el("b", {}, `Turn ${n.turn} · user`), el("p", {}, n.text),
       el("p", { class: "meta" }, `induced persona: ${induced}`),
       el("p", { class: "meta" }, `judge chose ${fmt(n.judge_choice)}, probabilities ${fmt(n.judge_probs)}`),
-      columns(n, extra)),
+      n.judge_order ? el("p", { class: "meta judge-order" }, `judge saw candidates in the order ${fmt(n.judge_order)}`) : null,
+      n.text_raw && n.text_raw !== n.text ? el("p", { class: "meta" }, `simulator's raw reply: ${n.text_raw}`) : null,
+      cutFlags(n), columns(n, extra)),
     el("ul", {}, cands.map((c) => el("li", { class: "tnode assistant" },
       el("div", { class: `bubble reply ${c.label || ""}`, "data-label": c.label || "" },
         el("b", {}, `Candidate ${c.candidate_index} · ${c.personalized ? "personalized" : "plain"}`),
         el("span", { class: `badge ${c.label}` }, c.label || "unlabelled"),
-        c.continued ? el("span", { class: "flag" }, "continued") : null,
+        c.continued ? el("span", { class: "flag" }, "continued") : null, cutFlags(c),
         probs[c.candidate_index] !== undefined ? el("span", { class: "score" }, `judge p ${fmt(probs[c.candidate_index])}`) : null,
         el("p", {}, c.text), columns(c, extra)),
       el("ul", {}, (kids.get(c.node_id) || []).map((u) => userNode(u, kids, extra)))))));

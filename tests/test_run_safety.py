@@ -1,0 +1,173 @@
+"""Safe resume of a tree run: one driver per run (the lease), pinned settings, and unexpected
+errors that become failed trees or retried commits instead of a lost run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pytest
+
+from aloe_ray.config import GenerateTreesConfig, load_config
+from aloe_ray.pipeline import grower as grower_module
+from aloe_ray.pipeline.generate import SETTINGS_FILE, tree_settings
+from aloe_ray.pipeline.grower import TreeGrower
+from aloe_ray.pipeline.lease import RunBusy, RunLease
+from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.trees import TreeShape, grow_tree, make_tree_specs
+from conftest import REPO
+from scripted_engine import ScriptedEngine
+from test_trees import PERSONA, roles_for
+
+LEASE = "jobs/generate_trees/lease.json"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _hold(out: RunOutput, **fields) -> None:
+    held = {"owner": "other", "host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time(),
+            "renewed_at": time.time(), **fields}
+    out.write_json(LEASE, held)
+
+
+def test_a_live_lease_refuses_a_second_driver_and_a_dead_one_is_taken_over(tmp_path):
+    out = RunOutput(str(tmp_path), "r")
+    with RunLease(out, LEASE, ttl_s=30) as first:
+        assert json.loads(out.read_text(LEASE))["owner"] == first.owner
+        with pytest.raises(RunBusy, match="is being written by another driver"):
+            RunLease(out, LEASE, ttl_s=30).acquire()
+    assert out.read_text(LEASE) is None  # released
+
+    _hold(out, pid=_dead_pid())  # this host, process gone: taken over at once
+    assert RunLease(out, LEASE, ttl_s=30).acquire()["owner"] == "other"
+    _hold(out, host="elsewhere", renewed_at=time.time() - 100)  # another host, not renewed for 100 s
+    assert RunLease(out, LEASE, ttl_s=30).acquire()["owner"] == "other"
+    _hold(out, host="elsewhere")  # another host, renewed just now
+    with pytest.raises(RunBusy):
+        RunLease(out, LEASE, ttl_s=30).acquire()
+
+
+def _job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "generate_trees.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_job_refuses_a_held_run_and_changed_settings_before_ray_starts(tmp_path):
+    out = RunOutput(str(tmp_path), "r")
+    _hold(out)  # held by this (live) test process
+    busy = _job(f"--output={tmp_path}", "--run_id=r")
+    assert busy.returncode == 2 and "is being written by another driver" in busy.stderr, busy.stderr[-2000:]
+    out.write_text(LEASE, "")
+
+    cfg = load_config(GenerateTreesConfig, ["--run_id=r", f"--output={tmp_path}"])
+    out.write_json(SETTINGS_FILE, tree_settings(cfg))
+    changed = _job(f"--output={tmp_path}", "--run_id=r", "--tree.max_turns=5", "--roles.judge.sampling.temperature=0.5")
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "was grown with other settings (roles.judge.sampling.temperature, tree.max_turns differ)" in changed.stderr
+    assert "starting engine pools" not in changed.stdout  # refused before Ray started
+    # what only decides how far a run goes may change
+    more = load_config(GenerateTreesConfig, ["--run_id=r", "--num_trees=400", "--pipeline.grower_actors=3"])
+    assert tree_settings(more) == tree_settings(cfg)
+
+
+def test_an_unexpected_error_fails_the_tree_not_the_run():
+    spec = make_tree_specs("run", [PERSONA])[0]
+
+    def broken_progress(turn: int) -> None:
+        raise KeyError("progress board gone")
+
+    result = asyncio.run(grow_tree(spec, roles_for(ScriptedEngine()), TreeShape(2), on_turn=broken_progress))
+    assert result.tree["status"] == "failed" and result.nodes == []
+    assert result.tree["failure_reason"].startswith("unexpected KeyError while growing")
+
+
+class _FlakyOutput(RunOutput):
+    def __init__(self, root: str, failures: int):
+        super().__init__(root, "flaky")
+        self.failures = failures
+
+    def commit(self, results):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("503 Slow Down")
+        return super().commit(results)
+
+
+@pytest.mark.parametrize("failures, committed", [(2, True), (99, False)])
+def test_a_failing_commit_is_retried_then_reported_not_raised(tmp_path, monkeypatch, failures, committed):
+    monkeypatch.setattr(grower_module, "COMMIT_BACKOFF_S", 0.0)
+    out = _FlakyOutput(str(tmp_path), failures)
+    from aloe_ray.config.generate import RolesConfig
+
+    grower = TreeGrower(RolesConfig(), {"default": ScriptedEngine()}, TreeShape(2), out)
+    specs = make_tree_specs("flaky", [PERSONA])
+    batch = pa.Table.from_pylist([s.to_row() for s in specs])
+
+    async def run():
+        return [s async for s in grower(batch)]
+
+    [summary] = asyncio.run(run())
+    if committed:
+        assert summary["status"] == ["ok"] and summary["part"][0].startswith("part-")
+        assert out.read("trees").num_rows == 1
+    else:
+        assert summary["status"] == ["failed"] and summary["part"] == [None]
+        assert "commit failed after 6 attempts" in summary["failure_reason"][0] and "503" in summary["failure_reason"][0]
+        assert out.read("trees").num_rows == 0  # nothing half-written: the rerun grows it
+
+
+def test_growers_are_sized_to_the_cluster():
+    from aloe_ray.config import EngineConfig
+    from aloe_ray.pipeline.generate import grower_count
+
+    hf = {"default": EngineConfig(num_cpus=1)}
+    api = {"api": EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")}
+    assert grower_count(None, 2, hf, parts=10) == 1  # the engine actor holds one of two CPUs
+    assert grower_count(None, 2, api, parts=10) == 2  # a remote endpoint: both cores grow trees
+    assert grower_count(None, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, parts=100) == 32
+    assert grower_count(None, 16, api, parts=3) == 3  # never more actors than parts
+    assert grower_count(5, 2, hf, parts=10) == 5  # a configured count wins
+
+
+def _scripted_results(n: int):
+    from aloe_ray.personas.model import Persona
+
+    specs = make_tree_specs("c", [Persona.pair(f"profile {i}", f"personality {i}") for i in range(n)])
+
+    async def grow_all():
+        return await asyncio.gather(*(grow_tree(s, roles_for(ScriptedEngine()), TreeShape(2)) for s in specs))
+
+    return asyncio.run(grow_all())
+
+
+def test_compaction_bounds_files_and_an_interrupted_one_recovers_exactly(tmp_path):
+    out = RunOutput(str(tmp_path), "c")
+    results = _scripted_results(10)
+    parts = [out.commit(results[i:i + 2]) for i in range(0, 10, 2)]  # 5 parts of 2 trees
+    before_nodes = out.read("nodes").num_rows
+    assert out.compact(trees_per_file=4) == 4  # 2+2 and 2+2 merged; the fifth part is alone
+    trees, nodes = out.read("trees"), out.read("nodes")
+    assert sorted(trees["tree_id"].to_pylist()) == sorted(r.tree["tree_id"] for r in results)
+    assert nodes.num_rows == before_nodes and len(set(nodes["node_id"].to_pylist())) == before_nodes
+    assert len(list((tmp_path / "c" / "trees").glob("*.parquet"))) == 3
+    assert len(list((tmp_path / "c" / "nodes").glob("*.parquet"))) == 3
+
+    # a crash after the merged part was committed but before a replaced part was deleted
+    again = out.commit(results[0:2])
+    assert again == parts[0]
+    state = out.recover(retry_failed=True)
+    assert state.superseded_parts_removed == 1 and state.orphan_parts_removed == 0
+    ids = out.read("trees")["tree_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    assert out.read("nodes").num_rows == before_nodes
+    assert out.compact(trees_per_file=4) == 0  # nothing small left to merge
