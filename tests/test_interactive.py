@@ -58,7 +58,8 @@ def app(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("interactive")
     os.environ["ALOE_INTERACTIVE_KEY"] = KEY
-    ray.init(num_cpus=2, include_dashboard=False, namespace="aloe-interactive-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aloe-interactive-test",
+             log_to_driver=False)  # a new instance even if a stray cluster is up
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "smollm2-135m", "served_model_name": "aloe-base", "api_key_env": "ALOE_INTERACTIVE_KEY",
