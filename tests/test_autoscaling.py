@@ -42,11 +42,14 @@ print(json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "gpu": n["Resources"]
 
 
 def test_engines_that_need_a_gpu_node_scale_the_cluster_up_and_down(tmp_path):
-    config = tmp_path / "fake-cluster.yaml"
-    config.write_text(yaml.safe_dump(FAKE_CLUSTER))
     port = free_port()
+    config = tmp_path / "fake-cluster.yaml"
+    fake = {**FAKE_CLUSTER, "provider": {**FAKE_CLUSTER["provider"], "gcs_address": f"127.0.0.1:{port}"}}
+    config.write_text(yaml.safe_dump(fake))
     venv_bin = str(Path(sys.executable).parent)
+    # Every node on loopback (Ray's own switch, as on a laptop): the fake workers join 127.0.0.1.
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "token",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
     address = f"127.0.0.1:{port}"

@@ -142,3 +142,12 @@ def test_reference_preset_is_one_switch_for_every_job(tmp_path):
     assert (from_file.tree.policy.value, from_file.tree.max_turns, from_file.num_trees) == ("chosen", 10, 4)
     with pytest.raises(ConfigError, match="unknown preset 'refrence'; did you mean 'reference'"):
         load_config(GenerateTreesConfig, ["--preset=refrence"])
+
+
+def test_a_preset_replaces_the_embedded_default():
+    from aloe_ray.config.train import TrainSFTConfig
+
+    sft = load_config(TrainSFTConfig, ["--preset=reference", "--data.trees=x"])
+    assert (sft.optim.max_length, sft.optim.save_steps) == (2048, 50)  # not the 4-step laptop run's 512 / 2
+    quick = load_config(TrainSFTConfig, ["--data.trees=x"])
+    assert (quick.optim.max_length, quick.optim.max_steps) == (512, 4)

@@ -79,6 +79,9 @@ def test_the_judge_prompt_shows_candidates_in_the_recorded_order():
     ("**Me:** hey whats up", "hey whats up"),
     ("I love my garden.\nAssistant: That sounds lovely!", "I love my garden."),
     ("I **really** like cats", "I really like cats"),
+    ("I *don't* want that, it is *not* what I meant", "I don't want that, it is not what I meant"),
+    ("*sighs* ok, fine. *rolls eyes* Whatever.", "ok, fine. Whatever."),
+    ("ok *shrugs*", "ok"),
     ("“Not sure, maybe.”", "Not sure, maybe."),
     ('She said "hi" and "bye"', 'She said "hi" and "bye"'),
     ("*nods*", ""),
@@ -171,3 +174,42 @@ def _wrap_cut(engine):
 
     return Wrapped()
 
+
+
+def test_a_prompt_too_long_is_not_retried_and_an_optional_role_survives_it():
+    from aloe_ray.engines.base import PromptTooLong
+
+    class TooLong(ScriptedEngine):
+        def __init__(self, role):
+            super().__init__()
+            self.role, self.calls = role, 0
+
+        async def chat(self, requests, affinity=None):
+            from scripted_engine import role_of
+
+            if role_of(requests[0]) == self.role:
+                self.calls += 1
+                raise PromptTooLong("prompt of 4000 tokens exceeds the input limit of 2048 tokens")
+            return await super().chat(requests, affinity)
+
+    inducer = TooLong("inducer")
+    [ok] = _grow_many(inducer, 1, turns=2)
+    assert ok.tree["status"] == "ok" and inducer.calls == 2  # once per turn, no retries
+    users = [n for n in ok.nodes if n["role"] == "user"]
+    assert all(u["induced_ok"] is False and "PromptTooLong" in u["induced_raw"] for u in users)
+    judge = TooLong("judge")
+    [failed] = _grow_many(judge, 1, turns=2)
+    assert failed.tree["status"] == "failed" and judge.calls == 1
+    assert "after 1 attempt(s): PromptTooLong" in failed.tree["failure_reason"]
+
+
+def test_a_long_transcript_keeps_its_latest_turns_within_the_budget():
+    from aloe_ray.prompts.templates import TRANSCRIPT_MAX_CHARS, transcript
+
+    conversation = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "x" * 400}
+                    for i in range(40)]
+    text = transcript(conversation)
+    assert len(text) <= TRANSCRIPT_MAX_CHARS + 100
+    assert text.startswith("(the first ") and "message 39" in text and "message 0 " not in text
+    assert transcript(conversation[:2]) == "\n".join(f"{r}: {m['content']}" for r, m in
+                                                     zip(("User", "Assistant"), conversation[:2]))

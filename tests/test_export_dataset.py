@@ -44,8 +44,8 @@ def write_run(output: str, run_id: str, s3=None) -> RunOutput:
     return out
 
 
-def run_export(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "jobs" / "export_dataset.py"), *args], cwd=REPO,
+def run_export(*args: str, env=None, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "export_dataset.py"), *args], cwd=cwd,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
@@ -71,6 +71,10 @@ def test_export_writes_loadable_datasets_and_a_card(tmp_path):
     assert "scripted" in card and "aloe-ray/trees-v2" in card and "Data quality" in card
     assert facts["dropped"]["dpo"] == dict(sorted(dropped.items()))
     assert facts["runs"][0]["trees_ok"] == 5 and facts["runs"][0]["personas"] == 5
+
+    relative = run_export("--trees=r1", "--output=rel", cwd=tmp_path)  # a run root named without a folder
+    assert relative.returncode == 0, relative.stderr[-3000:]
+    assert len(load_from_disk(str(tmp_path / "rel" / "dpo"))["train"]) == len(expected_pairs)
 
     kept = run_export(f"--trees={out.root}", "--keep_truncated=true", f"--output={tmp_path / 'all'}")
     assert kept.returncode == 0, kept.stderr[-3000:]

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import time
 
-from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
+from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter, TreeTally
 
 
-def test_board_counts_started_trees_and_live_turns_once():
-    board = ProgressBoard()
+def test_tally_counts_started_trees_and_live_turns_once_and_the_board_sums_growers():
+    tally = TreeTally()
     for tree in ("t1", "t2", "t1"):
-        board.tree_started(tree)
-    board.turn_done("t1", 1)
-    board.turn_done("t1", 2)
-    board.turn_done("t2", 1)
-    board.turn_done("t2", 1)  # a retried batch grows the same tree again: not counted twice
-    assert board.snapshot() == {"started": 2, "finished": 0, "turns": 3}
-    board.tree_finished("t1")
-    assert board.snapshot() == {"started": 2, "finished": 1, "turns": 1}
+        tally.tree_started(tree)
+    tally.turn_done("t1", 1)
+    tally.turn_done("t1", 2)
+    tally.turn_done("t2", 1)
+    tally.turn_done("t2", 1)  # a retried batch grows the same tree again: not counted twice
+    assert tally.snapshot() == {"started": 2, "finished": 0, "turns": 3}
+    tally.tree_finished("t1")
+    tally.tree_finished("t1")
+    assert tally.snapshot() == {"started": 2, "finished": 1, "turns": 1}
+    board = ProgressBoard()
+    board.report("g1", tally.snapshot())
+    board.report("g2", {"started": 5, "finished": 2, "turns": 4})
+    board.report("g1", {"started": 3, "finished": 2, "turns": 0})  # a later tally replaces the earlier
+    assert board.snapshot() == {"started": 8, "finished": 4, "turns": 4}
 
 
 def test_token_counter_survives_actor_restarts():

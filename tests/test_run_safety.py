@@ -171,3 +171,40 @@ def test_compaction_bounds_files_and_an_interrupted_one_recovers_exactly(tmp_pat
     assert len(ids) == len(set(ids)) == 10
     assert out.read("nodes").num_rows == before_nodes
     assert out.compact(trees_per_file=4) == 0  # nothing small left to merge
+
+
+def test_compaction_after_a_retried_failure_keeps_every_tree(tmp_path):
+    """recover() rewrites a part without its failed rows under the old name; a compaction whose
+    merged ids equal that part's must not overwrite or delete it."""
+    from aloe_ray.personas.model import Persona
+
+    out = RunOutput(str(tmp_path), "c")
+    specs = make_tree_specs("c", [Persona.pair(f"profile {i}", f"personality {i}") for i in range(3)])
+    broken = ScriptedEngine(overrides={"simulator": lambda req, n: "*stares*"})
+
+    async def grow(spec, engine):
+        return await grow_tree(spec, roles_for(engine), TreeShape(2))
+
+    first = [asyncio.run(grow(s, broken if i == 1 else ScriptedEngine())) for i, s in enumerate(specs)]
+    assert [r.tree["status"] for r in first] == ["ok", "failed", "ok"]
+    out.commit(first)
+    assert out.recover(retry_failed=True).failed_rows_dropped == 1
+    out.commit([asyncio.run(grow(specs[1], ScriptedEngine()))])  # the rerun grows it again
+    nodes_before = out.read("nodes").num_rows
+    assert out.compact(trees_per_file=6) == 2
+    trees = out.read("trees")
+    assert sorted(trees["tree_id"].to_pylist()) == sorted(s.tree_id for s in specs)
+    assert set(trees["status"].to_pylist()) == {"ok"} and out.read("nodes").num_rows == nodes_before == 18
+    assert out.recover(retry_failed=True).superseded_parts_removed == 0
+
+
+def test_a_driver_whose_lease_was_taken_over_stops_before_compaction(tmp_path):
+    out = RunOutput(str(tmp_path), "r")
+    mine = RunLease(out, LEASE, ttl_s=30)
+    mine.acquire()
+    _hold(out, owner="usurper")  # another driver took over while this one stalled
+    mine.renew()
+    assert mine.lost
+    assert json.loads(out.read_text(LEASE))["owner"] == "usurper"  # not overwritten back
+    with pytest.raises(RunBusy, match="took over this run's lease"):
+        mine.check()

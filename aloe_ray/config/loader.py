@@ -5,8 +5,8 @@ A config class may declare `EMBEDDED_DEFAULT: ClassVar[dict]`: settings that app
 stay the method's values that a config file builds on. Flags override both.
 
 It may also declare `PRESETS: ClassVar[dict[str, dict]]`: named bundles of settings that
-`--preset NAME` applies on top of the defaults (and the embedded default), before the config
-file and the flags. Every job has the `reference` preset: the reference implementation's choices,
+`--preset NAME` applies on top of the defaults (instead of the embedded default), before the
+config file and the flags. Every job has the `reference` preset: the reference implementation's choices,
 for numbers comparable to the paper (docs/method.md lists them and what cannot be reproduced).
 
 Errors name the offending key and what is allowed, before anything heavy starts.
@@ -43,7 +43,7 @@ def load_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | 
     # Start from the defaults as the parent models set them, so that overriding one field of a
     # sub-config (say a role's temperature) keeps that sub-config's other non-generic defaults.
     data: dict[str, Any] = cls().model_dump(mode="json")
-    if not config_file:
+    if not config_file and preset is None:  # a preset is a whole setting: no laptop shortcuts under it
         _merge(data, copy.deepcopy(embedded_default(cls)))
     if preset is not None:
         _merge(data, copy.deepcopy(preset_settings(cls, preset)))

@@ -25,6 +25,7 @@ from aloe_ray.config.export import ExportDatasetConfig
 from aloe_ray.pipeline.generate import MANIFEST_DIR
 from aloe_ray.pipeline.quality_report import read_parts
 from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.pipeline.run_root import RunRoot
 from aloe_ray.pipeline.train import rows_from_trees
 from aloe_ray.storage import S3Options
 from aloe_ray.train.datasets import TreeDataError
@@ -68,7 +69,7 @@ def _arrow(table: pa.Table):
 def _facts(cfg: ExportDatasetConfig, roots: list[str], tables: dict, dropped: dict, s3: S3Options) -> dict:
     runs, counts = [], QualityCounts()
     for root in roots:
-        out = RunOutput(*root.rsplit("/", 1), s3)
+        out = RunRoot(root, s3, RunOutput.SCHEMAS)
         trees = out.read("trees")
         ok = trees.filter(pc.equal(trees["status"], "ok"))
         manifest = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")

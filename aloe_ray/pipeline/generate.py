@@ -51,25 +51,29 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
-    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s):
-        return _run(cfg, out, specs, personas, shape, s3, started, log)
+    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s) as lease:
+        return _run(cfg, out, specs, personas, shape, s3, started, log, lease)
 
 
 def tree_settings(cfg: GenerateTreesConfig) -> dict:
     """What a committed tree's content depends on: a rerun of the run_id must keep all of it.
-    num_trees, samples_per_persona, engine sizing and the pipeline may change between runs."""
+    num_trees, samples_per_persona, max_attempts, engine sizing and URLs, and the pipeline may
+    change between runs."""
     engines = cfg.used_engines()
     roles = {}
     for role in RolesConfig.model_fields:
         r = getattr(cfg.roles, role)
         e = engines[r.engine]
-        roles[role] = {"sampling": r.sampling.model_dump(mode="json"), "max_attempts": r.max_attempts,
-                       "engine": {"backend": e.backend.value, "model": e.model, "base_url": e.base_url}}
+        # Not max_attempts (seeds derive from the attempt: more attempts change no tree that
+        # succeeded) nor an endpoint's URL (it may move; the model is what writes the text).
+        roles[role] = {"sampling": r.sampling.model_dump(mode="json"),
+                       "engine": {"backend": e.backend.value, "model": e.model}}
     return {"seed": cfg.seed, "prompt_version": PROMPT_VERSION, "tree": cfg.tree.model_dump(mode="json"),
             "personas": cfg.personas.model_dump(mode="json"), "roles": roles}
 
 
-def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, started: float, log) -> dict:
+def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, started: float, log,
+         lease: RunLease) -> dict:
     out.pin_settings(SETTINGS_FILE, tree_settings(cfg), made="grown", instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
@@ -85,12 +89,13 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, s
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
         engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+    lease.check()
     replaced = out.compact(cfg.pipeline.trees_per_file)
     if replaced:
         log(f"[aloe-ray] compacted {replaced} small parts into parts of up to {cfg.pipeline.trees_per_file} trees")
     previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
-    if not pending and not recovered.failed_rows_dropped and previous.get("quality"):
+    if previous.get("quality") and previous.get("counts") == manifest["counts"] and not replaced:
         manifest["quality"] = previous["quality"]  # nothing changed since it was computed
     else:
         manifest["quality"] = write_quality_report(out, MANIFEST_DIR, title=f"Data quality of tree run {cfg.run_id}")

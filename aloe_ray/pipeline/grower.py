@@ -8,14 +8,19 @@ requests at a time and no tree waits for another's turn.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pyarrow as pa
 
 from aloe_ray.config.generate import RolesConfig
 from aloe_ray.engines.base import ChatEngine, Sampling
+from aloe_ray.pipeline.progress import TreeTally
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.trees import RoleBinding, TreeRoles, TreeShape, TreeSpec, grow_tree
+
+REPORT_INTERVAL_S = 1.0
+"""Most one progress message per grower per this many seconds."""
 
 COMMIT_ATTEMPTS = 6
 COMMIT_BACKOFF_S = 1.0
@@ -43,11 +48,15 @@ class TreeGrower:
         self.board = board
         """Handle of the run's ProgressBoard actor (or None): told where this grower runs, of tree
         starts and of finished turns, fire and forget."""
+        self.tally = TreeTally()
+        self._reported = 0.0
+        self.grower_id = "local"
         if board is not None:
             import ray
 
             ctx = ray.get_runtime_context()
-            board.grower_started.remote(ctx.get_actor_id() or "driver", ctx.get_node_id())
+            self.grower_id = ctx.get_actor_id() or f"driver-{id(self)}"
+            board.grower_started.remote(self.grower_id, ctx.get_node_id())
 
     async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
         specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]
@@ -62,6 +71,7 @@ class TreeGrower:
             summary["status"] = ["failed"] * len(results)
             summary["failure_reason"] = [reason] * len(results)
         summary["part"] = [part] * len(results)
+        self._report(force=True)
         yield summary
 
     async def _commit(self, results) -> str:
@@ -77,10 +87,21 @@ class TreeGrower:
         raise AssertionError("unreachable")
 
     async def _grow(self, spec: TreeSpec):
-        if self.board is None:
-            return await grow_tree(spec, self.roles, self.shape)
-        self.board.tree_started.remote(spec.tree_id)
-        result = await grow_tree(spec, self.roles, self.shape,
-                                 on_turn=lambda turn: self.board.turn_done.remote(spec.tree_id, turn))
-        self.board.tree_finished.remote(spec.tree_id)
+        self.tally.tree_started(spec.tree_id)
+        self._report()
+
+        def on_turn(turn: int) -> None:
+            self.tally.turn_done(spec.tree_id, turn)
+            self._report()
+
+        result = await grow_tree(spec, self.roles, self.shape, on_turn=on_turn)
+        self.tally.tree_finished(spec.tree_id)
+        self._report()
         return result
+
+    def _report(self, force: bool = False) -> None:
+        """Send the board this grower's tally, at most once per REPORT_INTERVAL_S (fire and forget)."""
+        now = time.monotonic()
+        if self.board is not None and (force or now - self._reported >= REPORT_INTERVAL_S):
+            self._reported = now
+            self.board.report.remote(self.grower_id, self.tally.snapshot())

@@ -69,8 +69,23 @@ class RunLease:
             raise RunBusy(self._busy(again or {}))
         return held
 
+    lost: bool = False
+    """Another driver took the lease over (this one stalled past ttl_s): stop writing."""
+
     def renew(self) -> None:
-        self._write(started_at=(self.holder() or {}).get("started_at", time.time()))
+        held = self.holder()
+        if held and held.get("owner") != self.owner:
+            self.lost = True
+            self._stop.set()
+            return
+        self._write(started_at=(held or {}).get("started_at", time.time()))
+
+    def check(self) -> None:
+        """RunBusy if the lease was taken over while this driver ran."""
+        if self.lost or (self.holder() or {}).get("owner") != self.owner:
+            self.lost = True
+            raise RunBusy(f"{self.out.root}: another driver took over this run's lease while this one ran "
+                          f"(it stalled past {self.ttl_s:.0f}s); stopping before compaction and the manifest")
 
     def release(self) -> None:
         self._stop.set()

@@ -3,8 +3,10 @@ lines (they show on the console and in `ray job logs`).
 
 Two sources feed it: committed parts (exact counts of finished trees, from the driver's stream of
 part summaries) and a timer-driven heartbeat, so that a run whose trees all sit in one part is
-not silent until it ends. The heartbeat reads a `ProgressBoard` (a tiny Ray actor the growers
-tell when a tree starts and when a turn completes) and the engines' generated-token counters.
+not silent until it ends. The heartbeat reads a `ProgressBoard` (a tiny Ray actor) and the
+engines' generated-token counters. Each grower counts its own trees in a `TreeTally` and sends
+the board its totals at most once a second, so the board's load follows the number of growers,
+not the number of trees or turns.
 """
 
 from __future__ import annotations
@@ -14,13 +16,41 @@ import time
 from collections.abc import Callable
 
 
-class ProgressBoard:
-    """Live counters shared by every grower; used as a Ray actor (`ray.remote(ProgressBoard)`)."""
+class TreeTally:
+    """One grower's live counters: trees started and finished, completed turns of the trees still
+    growing. A tree grown again (a retried batch) is counted once."""
 
     def __init__(self) -> None:
-        self.turns: dict[str, int] = {}  # deepest completed turn per started tree (a retried batch
-        self.finished: set[str] = set()   # grows the same trees again: counted once)
+        self.started: set[str] = set()
+        self.finished = 0
+        self.live: dict[str, int] = {}  # deepest completed turn per growing tree
+
+    def tree_started(self, tree_id: str) -> None:
+        if tree_id not in self.started:
+            self.started.add(tree_id)
+            self.live[tree_id] = 0
+
+    def turn_done(self, tree_id: str, turn: int) -> None:
+        if tree_id in self.live:
+            self.live[tree_id] = max(self.live[tree_id], turn)
+
+    def tree_finished(self, tree_id: str) -> None:
+        if self.live.pop(tree_id, None) is not None:
+            self.finished += 1
+
+    def snapshot(self) -> dict:
+        return {"started": len(self.started), "finished": self.finished, "turns": sum(self.live.values())}
+
+
+class ProgressBoard:
+    """The growers' latest tallies, summed; used as a Ray actor (`ray.remote(ProgressBoard)`)."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[str, dict] = {}  # grower actor id -> its latest TreeTally snapshot
         self.growers: dict[str, str] = {}  # grower actor id -> the node it runs on
+
+    def report(self, grower_id: str, tally: dict) -> None:
+        self.tallies[grower_id] = tally
 
     def grower_started(self, actor_id: str, node_id: str) -> None:
         self.growers[actor_id] = node_id
@@ -32,20 +62,10 @@ class ProgressBoard:
             out[node] = out.get(node, 0) + 1
         return out
 
-    def tree_started(self, tree_id: str) -> None:
-        self.turns.setdefault(tree_id, 0)
-
-    def turn_done(self, tree_id: str, turn: int) -> None:
-        self.turns[tree_id] = max(self.turns.get(tree_id, 0), turn)
-
-    def tree_finished(self, tree_id: str) -> None:
-        self.finished.add(tree_id)
-
     def snapshot(self) -> dict:
         """Trees started, trees finished (grown, maybe not yet committed), and the completed
-        turns of trees still growing."""
-        live = sum(t for tree, t in self.turns.items() if tree not in self.finished)
-        return {"started": len(self.turns), "finished": len(self.finished), "turns": live}
+        turns of trees still growing, over every grower."""
+        return {k: sum(t[k] for t in self.tallies.values()) for k in ("started", "finished", "turns")}
 
 
 class Progress:

@@ -103,12 +103,15 @@ class RunOutput(RunRoot):
             trees = pa.concat_tables([self._read_part("trees", n, TREES) for n in group])
             nodes = [self._read_part("nodes", n, NODES) for n in group
                      if storage.exists(storage.join(self.table("nodes"), n), self.s3)]
-            merged = "part-" + stable_id(*sorted(trees["tree_id"].to_pylist())) + ".parquet"
+            # Its own prefix: a part that recover() rewrote keeps its old name, which a merged
+            # name from the same ids could otherwise equal (and the delete below would remove).
+            merged = "compact-" + stable_id(*sorted(trees["tree_id"].to_pylist())) + ".parquet"
             if nodes:
                 storage.write_parquet(storage.join(self.table("nodes"), merged), pa.concat_tables(nodes), self.s3)
             storage.write_parquet(storage.join(self.table("trees"), merged), trees, self.s3)  # the commit
             for name in group:
-                self._delete_part(name)
+                if name != merged:
+                    self._delete_part(name)
             replaced += len(group)
         return replaced
 

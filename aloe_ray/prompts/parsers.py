@@ -62,9 +62,17 @@ def parse_choice(reply: str, choices: tuple[str, ...]) -> int | None:
     return None
 
 
-_STAGE_DIRECTION = re.compile(r"\*[^*\n]{1,200}\*")
+_STAGE_DIRECTION = re.compile(
+    r"^[ \t]*\*[^*\n]{1,200}\*"  # at the start of a line
+    r"|(?<=[.!?…:;,])[ \t]*\*[^*\n]{1,200}\*(?=\s*(?:$|[A-Z\"“(]))"  # between sentences
+    r"|[ \t]*\*[^*\n]{1,200}\*[ \t]*$",  # at the end of a line
+    re.MULTILINE,
+)
 """`*smiles*`, `*leans back*`: role-play actions, stripped from a simulated user's message (as the
-reference implementation does). Markdown bold (`**word**`) is unwrapped first, so it stays."""
+reference implementation does) where they stand on their own: at the start or end of a line or
+between sentences. An emphasised word inside a sentence ('I *don't* want that') is unwrapped,
+not removed, and markdown bold (`**word**`) is unwrapped first."""
+_EMPHASIS = re.compile(r"\*([^*\n]{1,200})\*")
 _ROLE_PREFIX = re.compile(r"^\s*(?:\*\*|__)?\s*(?:user|human|me|you|customer|client)\s*(?:\*\*|__)?\s*:\s*",
                           re.IGNORECASE)
 _OTHER_SIDE = re.compile(r"^\s*(?:\*\*|__)?\s*(?:assistant|ai|ai assistant|chatbot|bot|system)\s*(?:\*\*|__)?\s*:",
@@ -80,6 +88,7 @@ def clean_user_message(reply: str) -> str:
     text = _OTHER_SIDE.split(reply, maxsplit=1)[0]
     text = re.sub(r"(\*\*|__)(.+?)\1", r"\2", text)
     text = _STAGE_DIRECTION.sub(" ", text)
+    text = _EMPHASIS.sub(r"\1", text)
     previous = None
     while previous != text:  # 'User: "hi"' -> 'hi'
         previous = text

@@ -83,9 +83,26 @@ def candidate_letters(n: int) -> tuple[str, ...]:
     return tuple(string.ascii_uppercase[:n])
 
 
-def transcript(conversation: list[Message]) -> str:
+TRANSCRIPT_MAX_CHARS = 6000
+"""A transcript shown inside one message (to the judge, the inducer, the benchmark judge) keeps its
+latest turns within about this many characters (~1,500 tokens), so the prompt fits an engine's
+input limit however long the conversation; the persona and the instructions are never cut."""
+
+
+def transcript(conversation: list[Message], max_chars: int = TRANSCRIPT_MAX_CHARS) -> str:
+    """The conversation as 'User: ...' / 'Assistant: ...' lines; the oldest turns beyond
+    `max_chars` are left out (and said to be), the last message always stays."""
     names = {"user": "User", "assistant": "Assistant"}
-    return "\n".join(f"{names[m['role']]}: {m['content']}" for m in conversation) or "(empty)"
+    lines = [f"{names[m['role']]}: {m['content']}" for m in conversation]
+    kept, size = [], 0
+    for line in reversed(lines):
+        if kept and size + len(line) + 1 > max_chars:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    omitted = len(lines) - len(kept)
+    head = [f"(the first {omitted} messages are left out)"] if omitted else []
+    return "\n".join(head + kept[::-1]) or "(empty)"
 
 
 def simulator_messages(profile: str, personality: str, conversation: list[Message]) -> tuple[Message, ...]:

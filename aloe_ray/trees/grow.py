@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from aloe_ray.engines.base import ChatEngine, ChatRequest, Completion, Message, Sampling
+from aloe_ray.engines.base import ChatEngine, ChatRequest, Completion, Message, PromptTooLong, Sampling
 from aloe_ray.prompts import (
     PROMPT_VERSION,
     candidate_letters,
@@ -148,7 +148,7 @@ class _Growth:
             if not expand:
                 break
             self.counters.turns = turn
-            children = await asyncio.gather(*(self._turn(p, turn) for p in expand))
+            children = await _gather_or_cancel(*(self._turn(p, turn) for p in expand))
             frontier = [child for group in children for child in group]
             if self.on_turn is not None:
                 self.on_turn(turn)
@@ -177,7 +177,7 @@ class _Growth:
         hint = (induced.profile, induced.personality) if induced else ("", "")
 
         n = self.shape.num_candidates
-        candidates = await asyncio.gather(*(
+        candidates = await _gather_or_cancel(*(
             self._call("responder", f"{user_path}/a{i}",
                        responder_messages(conversation, hint if i % 2 == 0 else None), accept=_non_empty)
             for i in range(n)
@@ -248,6 +248,9 @@ class _Growth:
             self.counters.llm_calls += 1
             try:
                 (completion,) = await binding.engine.chat([request], affinity=self.spec.tree_id)
+            except PromptTooLong as exc:  # the same prompt will not fit on a retry either
+                last_error = exc
+                break
             except Exception as exc:  # engine down, HTTP error, bad batch: retry, then fail the tree
                 last_error = exc
                 await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
@@ -258,12 +261,29 @@ class _Growth:
             if value is not None:
                 return _Call(completion, value, seed, time.monotonic() - started, attempt + 1)
         if completion is None:
-            raise TreeFailure(f"{role} call failed at {path} after {binding.max_attempts} attempts: "
+            if not required:  # an optional reply (the inducer's): recorded as unparsed, the tree goes on
+                failed = Completion(text=f"(no reply: {type(last_error).__name__}: {str(last_error)[:300]})",
+                                    finish_reason="error", prompt_tokens=0, completion_tokens=0)
+                return _Call(failed, None, seed, time.monotonic() - started, attempt + 1)
+            raise TreeFailure(f"{role} call failed at {path} after {attempt + 1} attempt(s): "
                               f"{type(last_error).__name__}: {str(last_error)[:500]}")
         if required:
             raise TreeFailure(f"{role} reply unusable at {path} after {binding.max_attempts} attempts: "
                               f"{completion.text[:300]!r}")
         return _Call(completion, None, seed, time.monotonic() - started, binding.max_attempts)
+
+
+async def _gather_or_cancel(*aws):
+    """Like asyncio.gather, but the first exception cancels the siblings still running (a failed
+    tree stops calling engines) before it propagates."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def judge_display_order(tree_seed: int, user_path: str, n: int) -> tuple[int, ...]:

@@ -30,13 +30,13 @@ THRESHOLDS = {
     "inducer_parse_rate_min": 0.50,
     "assistant_like_share_max": 0.10,
     "duplicate_candidates_share_max": 0.10,
-    "dpo_survival_min": 0.50,
+    "dpo_survival_min": 0.50,  # of the candidate pairs
 }
 """Where `warnings()` speaks up: a judge choosing one display position in more than 70% of turns
 (position bias; meaningful from `MIN_JUDGED` turns on), more than 30% of a role's replies cut at
-max_tokens, the inducer parsing under half the time, over 10% of user messages reading like an
-assistant, over 10% of turns with identical candidates, fewer DPO pairs surviving the default
-filters than half the judged turns."""
+max_tokens (not counting the judge, whose answer is constrained), the inducer parsing under half
+the time, over 10% of user messages reading like an assistant, over 10% of turns with identical
+candidates, fewer than half of the candidate DPO pairs surviving the default filters."""
 
 MIN_JUDGED = 10
 """Fewer judged turns than this say nothing about position bias: no warning is raised on them."""
@@ -223,9 +223,10 @@ def warnings(summary: dict) -> list[str]:
                            f"(> {t['position_share_max']:.0%}): position bias (the order is shuffled, so labels "
                            "carry noise, not the bias)")
     for role, share in summary["cut_share"].items():
-        if share is not None and share > t["cut_share_max"]:
+        # A judge's answer is constrained (a letter): its finish reason says nothing about room.
+        if role != "judge" and share is not None and share > t["cut_share_max"]:
             out.append(f"{share:.0%} of {role} replies were cut at max_tokens (> {t['cut_share_max']:.0%}): "
-                       f"raise roles.{role}.sampling.max_tokens")
+                       f"raise roles.{role}.sampling.max_tokens (in a new run_id: it is a pinned setting)")
     rate = summary["inducer_parse_rate"]
     if rate is not None and rate < t["inducer_parse_rate_min"]:
         out.append(f"the inducer's reply parsed in {rate:.0%} of turns (< {t['inducer_parse_rate_min']:.0%}): "
@@ -237,9 +238,11 @@ def warnings(summary: dict) -> list[str]:
     share = summary["duplicate_candidates_share"]
     if share is not None and share > t["duplicate_candidates_share_max"]:
         out.append(f"{share:.0%} of judged turns had identical candidates (> {t['duplicate_candidates_share_max']:.0%})")
-    if judged and summary["dpo_pairs_default_filters"] < t["dpo_survival_min"] * judged:
-        out.append(f"only {summary['dpo_pairs_default_filters']} DPO pairs survive the default filters from "
-                   f"{judged} judged turns (dropped: {summary['dpo_dropped'] or 'none'})")
+    kept = summary["dpo_pairs_default_filters"]
+    candidates = kept + sum(summary["dpo_dropped"].values())
+    if candidates and kept < t["dpo_survival_min"] * candidates:
+        out.append(f"only {kept} of {candidates} DPO pairs survive the default filters "
+                   f"(dropped: {summary['dpo_dropped'] or 'none'})")
     return out
 
 
