@@ -205,6 +205,8 @@ DPO = pa.schema([
     _f("rejected_node_id", pa.string(), "Node of the rejected reply."),
     _f("chosen_personalized", pa.bool_(), "The chosen reply was written with the induced persona as hint."),
     _f("judge_margin", pa.float64(), "Judge probability of chosen minus rejected, if known."),
+    _f("source", pa.string(), "Who preferred chosen: 'trees' (the tree judge) or 'human' (a person, in an "
+       "interactive side-by-side session: run_id 'interactive', tree_id the session id)."),
 ])
 
 TABLES = {"personas": PERSONAS, "nodes": NODES, "trees": TREES, "eval_turns": EVAL_TURNS,

@@ -4,6 +4,8 @@
 Routes: POST /v1/chat/completions (streaming token by token, or not), GET /v1/models, GET /health.
 Every failure answers with an OpenAI-shaped error body (serving/errors.py). A request past
 `request_timeout_s` gets 504 (an error event once its stream has started) and stops decoding.
+The interactive evaluation page is at GET / and its API under /interactive (serving/interactive.py);
+both are documented at /docs.
 CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
 one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
 vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model name selects the
@@ -23,12 +25,14 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from serving import interactive
 from serving.config import ServeArgs, ServeBackend
 from serving.errors import error_response, install_error_handlers, internal_error
 from serving.openai_api import APIError, ChatCompletionRequest, ChunkWriter, completion_body
 
-api = FastAPI(title="aloe-ray", docs_url=None, redoc_url=None)
+api = FastAPI(title="aloe-ray", docs_url="/docs", redoc_url=None)
 install_error_handlers(api)
+interactive.mount(api)
 
 
 def adapter_base(merged_folder: str) -> str | None:
@@ -62,6 +66,12 @@ class ChatServer:
                     "was not trained for", a.name, trained_on, self.args.model)
         self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size)
                         for name, path in folders.items()}
+        self.interactive = (interactive.InteractiveService(self.args, self.engines)
+                            if self.args.interactive.enabled else None)
+
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops: live sessions get written
+        if getattr(self, "interactive", None) is not None:
+            await self.interactive.close()
 
     @api.get("/health")
     async def health(self) -> dict:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from aloe_ray.config.base import StrictModel
+from aloe_ray import storage
+from aloe_ray.config.base import StorageConfig, StrictModel
+from aloe_ray.config.engines import EngineConfig, RoleConfig, SamplingConfig
+from aloe_ray.config.eval import JudgeConfig, ReportConfig
 
 
 class ServeBackend(StrEnum):
@@ -21,6 +25,62 @@ class Adapter(StrictModel):
     """Model name clients request to get this adapter."""
     path: str
     """LoRA adapter folder (local or s3://), as written by the training jobs."""
+
+
+def _role(temperature: float, max_tokens: int) -> RoleConfig:
+    return RoleConfig(sampling=SamplingConfig(temperature=temperature, max_tokens=max_tokens))
+
+
+class InteractiveArgs(StrictModel):
+    """The interactive evaluation: live ALOE sessions (page at /, API under /interactive) and the
+    tree browser. The simulator and judge are the benchmark's roles (same prompts and scoring)."""
+
+    enabled: bool = True
+    """Serve the page and the session API."""
+    output: str = Field(default="./aloe-data", validate_default=True)
+    """Finished sessions go to <output>/interactive/ (local, file:// or s3://)."""
+    trees_root: str | None = None
+    """A tree run root (<output>/<run_id>, local or s3://) the tree view browses; unset: none."""
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": EngineConfig()})
+    """Engines of the simulator and judge, as in the eval job. An hf engine of the served base model
+    reuses the replica's loaded copy; backend openai reaches a remote endpoint."""
+    simulator: RoleConfig = Field(default_factory=lambda: _role(0.9, 48))
+    """The user simulator of simulated sessions (engine: a name in `engines`)."""
+    judge: RoleConfig = Field(default_factory=lambda: _role(0.0, 32))
+    """The judge that scores every reply 1-5."""
+    judge_mode: JudgeConfig = Field(default_factory=JudgeConfig)
+    """What the judge sees and how its score is read (the eval job's `judge`)."""
+    reply: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=96))
+    """Sampling of the models' replies (a session may ask for fewer max_tokens, up to max_tokens_limit)."""
+    max_sessions: int = Field(default=32, ge=1)
+    """Live sessions kept; when full, the least recently used idle one is finished and written
+    (429 when every one is busy)."""
+    max_turns: int = Field(default=20, ge=1, le=50)
+    """Most turns in one session."""
+    max_message_chars: int = Field(default=4000, ge=1)
+    """Longest user message a person may write."""
+    idle_timeout_s: float = Field(default=1800.0, gt=0)
+    """A session idle this long is finished as abandoned and written."""
+    report: ReportConfig = Field(default_factory=lambda: ReportConfig(bootstrap_samples=10))
+    """report.json settings of a written session (one persona: no intervals to resample)."""
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Object-store settings for `output` and `trees_root`."""
+
+    @field_validator("output", "trees_root")
+    @classmethod
+    def _absolute_local(cls, uri: str | None) -> str | None:
+        """Local paths made absolute where the app is built: replicas do not share its working directory."""
+        if uri and storage.is_local(uri):
+            return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+        return uri
+
+    @model_validator(mode="after")
+    def _roles_name_engines(self) -> InteractiveArgs:
+        for role in ("simulator", "judge"):
+            if getattr(self, role).engine not in self.engines:
+                raise ValueError(f"interactive.{role}.engine is '{getattr(self, role).engine}', "
+                                 f"but interactive.engines has only {sorted(self.engines)}")
+        return self
 
 
 class ServeArgs(StrictModel):
@@ -56,6 +116,8 @@ class ServeArgs(StrictModel):
     """Larger request bodies get 413."""
     request_timeout_s: float = Field(default=120.0, gt=0)
     """A request taking longer gets 504."""
+    interactive: InteractiveArgs = Field(default_factory=InteractiveArgs)
+    """The interactive evaluation page, session API and tree browser."""
 
     @model_validator(mode="after")
     def _check(self) -> ServeArgs:

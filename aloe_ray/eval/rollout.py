@@ -38,6 +38,8 @@ from aloe_ray.trees.grow import RoleBinding
 from aloe_ray.trees.spec import derive_seed, stable_id
 
 ROLES = ("simulator", "model", "judge")
+HUMAN = "human"
+"""simulator_model of a turn whose user message a person wrote."""
 
 
 @dataclass(frozen=True)
@@ -96,15 +98,20 @@ class RolloutFailure(Exception):
 
 
 @dataclass
-class _Call:
+class Call:
     completion: Completion | None
     """The accepted reply; when none was accepted, the last reply that came back (None: none did)."""
     value: Any
-    seed: int
+    seed: int | None
     latency_s: float
     attempts: int
     error: str | None = None
     """When no reply was accepted: the last attempt's error that raised (None: none raised)."""
+
+    @classmethod
+    def written(cls, text: str) -> Call:
+        """A user message a person wrote (no engine call): its row's simulator_model is HUMAN."""
+        return cls(None, text, None, 0.0, 0)
 
 
 @dataclass
@@ -118,36 +125,21 @@ async def roll_out(spec: RolloutSpec, roles: EvalRoles, judge: JudgeMode, turns:
                    on_turn: Callable[[], Any] | None = None) -> RolloutResult:
     """Run one persona's conversation of `turns` turns and score every reply; `on_turn` is called
     after each scored turn (progress)."""
-    run = _Rollout(spec, roles, judge, on_turn)
+    run = Rollout(spec, roles, judge, on_turn)
     started = time.monotonic()
     status, reason = "ok", None
     try:
         await run.run(turns)
     except RolloutFailure as exc:
         status, reason = "failed", str(exc)[:2000]
-    rows = run.rows
-    scores = [r["score"] for r in rows]
-    slope, _, r2 = fit_line(scores) if rows else (None, None, None)
-    present = [s for s in scores if s is not None]
-    p = spec.persona
-    rollout = {
-        "run_id": spec.run_id, "eval_name": spec.eval_name, "rollout_id": spec.rollout_id,
-        "persona_id": p.persona_id, "profile": p.profile, "personality": p.personality,
-        "split": p.split, "source": p.source,
-        "status": status, "failure_reason": reason, "turns": len(rows),
-        "scores_missing": sum(s is None for s in scores) if rows else 0,
-        "mean_score": sum(present) / len(present) if present else None,
-        "ir": slope, "r2": r2,
-        "judge_history": judge.history, "scoring": judge.scoring,
-        "llm_calls": run.counters.llm_calls, "prompt_tokens": run.counters.prompt_tokens,
-        "completion_tokens": run.counters.completion_tokens, "latency_s": time.monotonic() - started,
-        "seed": spec.seed, "models": json.dumps(roles.models(), sort_keys=True),
-        "prompt_version": EVAL_PROMPT_VERSION, "finished_at": datetime.now(timezone.utc),
-    }
-    return RolloutResult(rollout=rollout, turns=rows)
+    return RolloutResult(rollout=run.rollout_row(status, reason, time.monotonic() - started), turns=run.rows)
 
 
-class _Rollout:
+class Rollout:
+    """One persona's conversation with one model under test, step by step. `run` is the benchmark's
+    loop; the interactive sessions (serving/) drive the same steps one turn at a time, a person
+    perhaps writing the user turns, so a live score is the benchmark's score."""
+
     def __init__(self, spec: RolloutSpec, roles: EvalRoles, judge: JudgeMode,
                  on_turn: Callable[[], Any] | None = None) -> None:
         self.spec, self.roles, self.judge, self.on_turn = spec, roles, judge, on_turn
@@ -155,32 +147,63 @@ class _Rollout:
         self.rows: list[dict[str, Any]] = []
 
     async def run(self, turns: int) -> None:
-        p = self.spec.persona
         conversation: list[Message] = []
         for turn in range(1, turns + 1):
-            user = await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
-                                    accept=lambda c: clean_user_message(c.text) or None)
+            user = await self.user_message(turn, conversation)
             if user.value is None:
-                raise RolloutFailure(_unusable("simulator", turn, user))
+                raise RolloutFailure(unusable("simulator", turn, user))
             conversation = [*conversation, {"role": "user", "content": user.value}]
-            reply = await self._call("model", turn, model_messages(conversation), accept=_non_empty)
+            reply = await self.reply(turn, conversation)
             if reply.value is None:
-                raise RolloutFailure(_unusable("model under test", turn, reply))
-            verdict = await self._judge(turn, conversation, reply.value)
-            self.rows.append(self._row(turn, user, reply, verdict))
+                raise RolloutFailure(unusable("model under test", turn, reply))
+            verdict = await self.score(turn, conversation, reply.value)
+            self.rows.append(self.row(turn, user, reply, verdict))
             if self.on_turn is not None:
                 self.on_turn()
             conversation = [*conversation, {"role": "assistant", "content": reply.value}]
 
-    async def _judge(self, turn: int, conversation: list[Message], reply: str) -> _Call:
+    async def user_message(self, turn: int, conversation: list[Message]) -> Call:
+        """The simulator's next user message (value None: none usable after the retries)."""
+        p = self.spec.persona
+        return await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
+                                accept=lambda c: clean_user_message(c.text) or None)
+
+    async def reply(self, turn: int, conversation: list[Message]) -> Call:
+        """The model under test's reply to a conversation that ends with the user's message."""
+        return await self._call("model", turn, model_messages(conversation), accept=_non_empty)
+
+    async def score(self, turn: int, conversation: list[Message], reply: str) -> Call:
+        """The judge's 1-5 score of `reply` (value None: missing after the retries)."""
         p = self.spec.persona
         messages = judge_score_messages(p.profile, p.personality, conversation, reply, history=self.judge.history)
         if self.judge.scoring == "expected":
             return await self._call("judge", turn, messages, accept=_expected, choices=SCORE_CHOICES)
         return await self._call("judge", turn, messages, accept=lambda c: parse_score(c.text))
 
+    def rollout_row(self, status: str, reason: str | None, latency_s: float) -> dict[str, Any]:
+        """The rollouts-table row of the turns in `rows`."""
+        spec, rows = self.spec, self.rows
+        scores = [r["score"] for r in rows]
+        slope, _, r2 = fit_line(scores) if rows else (None, None, None)
+        present = [s for s in scores if s is not None]
+        p = spec.persona
+        return {
+            "run_id": spec.run_id, "eval_name": spec.eval_name, "rollout_id": spec.rollout_id,
+            "persona_id": p.persona_id, "profile": p.profile, "personality": p.personality,
+            "split": p.split, "source": p.source,
+            "status": status, "failure_reason": reason, "turns": len(rows),
+            "scores_missing": sum(s is None for s in scores) if rows else 0,
+            "mean_score": sum(present) / len(present) if present else None,
+            "ir": slope, "r2": r2,
+            "judge_history": self.judge.history, "scoring": self.judge.scoring,
+            "llm_calls": self.counters.llm_calls, "prompt_tokens": self.counters.prompt_tokens,
+            "completion_tokens": self.counters.completion_tokens, "latency_s": latency_s,
+            "seed": spec.seed, "models": json.dumps(self.roles.models(), sort_keys=True),
+            "prompt_version": EVAL_PROMPT_VERSION, "finished_at": datetime.now(timezone.utc),
+        }
+
     async def _call(self, role: str, turn: int, messages: tuple[Message, ...], *,
-                    accept: Callable[[Completion], Any], choices: tuple[str, ...] | None = None) -> _Call:
+                    accept: Callable[[Completion], Any], choices: tuple[str, ...] | None = None) -> Call:
         """One role request with retries (new seed per attempt) on engine errors and on replies
         `accept` rejects. Never raises: after the last attempt the value is None, and the call
         holds both the last reply that came back and the last error, whichever attempts gave them
@@ -208,10 +231,10 @@ class _Rollout:
             self.counters.completion_tokens += completion.completion_tokens
             value = accept(completion)
             if value is not None:
-                return _Call(completion, value, seed, time.monotonic() - started, attempt + 1)
-        return _Call(completion, None, seed, time.monotonic() - started, binding.max_attempts, error)
+                return Call(completion, value, seed, time.monotonic() - started, attempt + 1)
+        return Call(completion, None, seed, time.monotonic() - started, binding.max_attempts, error)
 
-    def _row(self, turn: int, user: _Call, reply: _Call, verdict: _Call) -> dict[str, Any]:
+    def row(self, turn: int, user: Call, reply: Call, verdict: Call) -> dict[str, Any]:
         spec, p = self.spec, self.spec.persona
         judged = verdict.completion
         return {
@@ -225,7 +248,8 @@ class _Rollout:
             "judge_attempts": verdict.attempts,
             "judge_history": self.judge.history, "scoring": self.judge.scoring,
             "model": reply.completion.model or self.roles.model.engine.model_name,
-            "simulator_model": user.completion.model or self.roles.simulator.engine.model_name,
+            "simulator_model": (HUMAN if user.completion is None
+                                else user.completion.model or self.roles.simulator.engine.model_name),
             "judge_model": (judged.model if judged is not None else "") or self.roles.judge.engine.model_name,
             "prompt_version": EVAL_PROMPT_VERSION,
             "user_seed": user.seed, "reply_seed": reply.seed, "judge_seed": verdict.seed,
@@ -248,7 +272,7 @@ def _expected(c: Completion) -> float | None:
     return parse_score(c.text)
 
 
-def _unusable(who: str, turn: int, call: _Call) -> str:
+def unusable(who: str, turn: int, call: Call) -> str:
     if call.completion is None:
         return f"{who} call failed at turn {turn} after {call.attempts} attempts: {call.error}"
     last_error = f"; last error: {call.error}" if call.error else ""

@@ -17,7 +17,7 @@ import pyarrow as pa
 from aloe_ray import storage
 from aloe_ray.config import ConfigError, EvalConfig, save_config
 from aloe_ray.config.engines import EngineBackend
-from aloe_ray.config.eval import EvalPersonasConfig, EvalRolesConfig
+from aloe_ray.config.eval import EvalPersonasConfig, EvalRolesConfig, ReportConfig
 from aloe_ray.engines.base import ChatEngine, Sampling
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.eval.report import al_plot_png, build_report, compare_markdown, report_markdown
@@ -171,12 +171,7 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
             "judge_history": cfg.judge.history, "scoring": cfg.judge.scoring.value,
             "prompt_version": EVAL_PROMPT_VERSION, "personas_requested": cfg.num_personas,
             "personas_available": len(candidates), "personas_selected": len(specs)}
-    r = cfg.report
-    report = build_report(turns, rollouts, turns=cfg.turns, meta=meta, samples=r.bootstrap_samples, seed=r.seed,
-                          level=r.ci_level)
-    out.write_json("report.json", report)
-    out.write_text("report.md", report_markdown(report))
-    out.write_bytes("al_curve.png", al_plot_png([report], [cfg.eval_name]))
+    report = write_report(out, turns, rollouts, turns=cfg.turns, meta=meta, settings=cfg.report)
     out.write_json("manifest.json", {
         "run_id": cfg.run_id, "job": "eval_aloe", "eval_name": cfg.eval_name, "output": out.root,
         "counts": {"personas": len(specs), "rollouts_ok": report["personas"],
@@ -187,6 +182,18 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
         "config": cfg.model_dump(mode="json"),
     })
     _log_summary(report, out, log)
+    return report
+
+
+def write_report(out: EvalOutput, turn_rows: list[dict], rollout_rows: list[dict], *, turns: int, meta: dict,
+                 settings: ReportConfig) -> dict:
+    """report.json, report.md and al_curve.png of an evaluation folder (what `compare` reads);
+    returns the report. The benchmark and the interactive sessions (serving/) both write it."""
+    report = build_report(turn_rows, rollout_rows, turns=turns, meta=meta, samples=settings.bootstrap_samples,
+                          seed=settings.seed, level=settings.ci_level)
+    out.write_json("report.json", report)
+    out.write_text("report.md", report_markdown(report))
+    out.write_bytes("al_curve.png", al_plot_png([report], [meta.get("name") or out.root]))
     return report
 
 

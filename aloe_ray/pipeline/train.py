@@ -66,6 +66,8 @@ def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None)
             table = storage.read_parquet(cfg.data.table, s3)
         except FileNotFoundError:
             raise TreeDataError(f"data.table not found: {cfg.data.table}") from None
+        if task == "dpo" and "source" not in table.column_names:  # exported before pairs recorded their source
+            table = table.append_column("source", pa.array(["trees"] * table.num_rows, pa.string()))
         missing = set(schema.names) - set(table.column_names)
         if missing:
             raise TreeDataError(f"data.table {cfg.data.table} is not a {task} table: lacks {sorted(missing)}")

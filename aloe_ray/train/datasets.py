@@ -204,6 +204,7 @@ def _turn_pairs(tree: _Tree, user: dict, prompt: list[Message], f: DpoFilters, d
             "rejected": [{"role": "assistant", "content": rej["text"]}],
             "chosen_node_id": chosen["node_id"], "rejected_node_id": rej["node_id"],
             "chosen_personalized": bool(chosen.get("personalized")), "judge_margin": margin,
+            "source": "trees",
         })
         if f.rejected == "one":
             break
