@@ -88,6 +88,6 @@ def bundled_model_path() -> str:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="aloe-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aloe-test", log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -44,7 +44,7 @@ def serve_and_s3(s3_server):
     os.environ.update(env)
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="aloe-eval")
     # 4 logical CPUs on the 2-core machine: one Serve replica, one engine actor, the light runner
-    ray.init(num_cpus=4, include_dashboard=False, namespace="aloe-eval-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="aloe-eval-test", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model": "smollm2-135m", "served_model_name": SERVED, "max_tokens_limit": 64,

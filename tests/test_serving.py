@@ -35,7 +35,7 @@ def server(tmp_path_factory):
     from serving.app import build_app
 
     os.environ["ALOE_TEST_API_KEY"] = KEY  # replicas inherit the environment of the Ray instance
-    ray.init(num_cpus=2, include_dashboard=False, namespace="aloe-serve-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aloe-serve-test", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "smollm2-135m", "served_model_name": "aloe-base", "api_key_env": "ALOE_TEST_API_KEY",
