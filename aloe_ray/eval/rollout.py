@@ -33,8 +33,7 @@ from aloe_ray.prompts.eval import (
     parse_score,
     simulator_messages,
 )
-from aloe_ray.prompts.parsers import clean_user_message
-from aloe_ray.trees.grow import RoleBinding
+from aloe_ray.trees.grow import RoleBinding, non_empty, user_message
 from aloe_ray.trees.spec import derive_seed, stable_id
 
 ROLES = ("simulator", "model", "judge")
@@ -166,11 +165,11 @@ class Rollout:
         """The simulator's next user message (value None: none usable after the retries)."""
         p = self.spec.persona
         return await self._call("simulator", turn, simulator_messages(p.profile, p.personality, conversation),
-                                accept=lambda c: clean_user_message(c.text) or None)
+                                accept=user_message)
 
     async def reply(self, turn: int, conversation: list[Message]) -> Call:
         """The model under test's reply to a conversation that ends with the user's message."""
-        return await self._call("model", turn, model_messages(conversation), accept=_non_empty)
+        return await self._call("model", turn, model_messages(conversation), accept=non_empty)
 
     async def score(self, turn: int, conversation: list[Message], reply: str) -> Call:
         """The judge's 1-5 score of `reply` (value None: missing after the retries)."""
@@ -258,10 +257,6 @@ class Rollout:
             "reply_finish_reason": reply.completion.finish_reason,
             "reply_latency_s": reply.latency_s,
         }
-
-
-def _non_empty(c: Completion) -> str | None:
-    return c.text.strip() or None
 
 
 def _expected(c: Completion) -> float | None:

@@ -30,7 +30,7 @@ from aloe_ray.pipeline.train import rows_from_trees
 from aloe_ray.storage import S3Options
 from aloe_ray.train.datasets import TreeDataError
 from aloe_ray.train.export import upload_dir
-from aloe_ray.trees.quality import QualityCounts, warnings
+from aloe_ray.trees.quality import pct, quality_counts, warnings
 
 
 def export_dataset(cfg: ExportDatasetConfig, log: Callable[[str], None] = print) -> dict:
@@ -67,14 +67,12 @@ def _arrow(table: pa.Table):
 
 
 def _facts(cfg: ExportDatasetConfig, roots: list[str], tables: dict, dropped: dict, s3: S3Options) -> dict:
-    runs, counts = [], QualityCounts()
-    for root in roots:
-        out = RunRoot(root, s3, RunOutput.SCHEMAS)
-        trees = out.read("trees")
+    runs, outs = [], [RunRoot(root, s3, RunOutput.SCHEMAS) for root in roots]
+    for root, out in zip(roots, outs):
+        trees = out.read_columns("trees", ["status", "persona_id", "profile", "personality", "models",
+                                           "prompt_version"])
         ok = trees.filter(pc.equal(trees["status"], "ok"))
         manifest = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
-        for rows in read_parts(out):
-            counts.merge(QualityCounts().add(rows))
         runs.append({
             "run": root, "trees_ok": ok.num_rows, "trees_failed": trees.num_rows - ok.num_rows,
             "personas": len(set(ok["persona_id"].to_pylist())),
@@ -84,7 +82,7 @@ def _facts(cfg: ExportDatasetConfig, roots: list[str], tables: dict, dropped: di
             "prompt_versions": sorted(set(ok["prompt_version"].to_pylist())),
             "tree": (manifest.get("config") or {}).get("tree"),
         })
-    quality = counts.summary()
+    quality = quality_counts(part for out in outs for part in read_parts(out)).summary()
     quality["warnings"] = warnings(quality)
     return {
         "name": cfg.name or "+".join(r.rsplit("/", 1)[-1] for r in roots),
@@ -124,18 +122,15 @@ def dataset_card(f: dict) -> str:
                   f"{r['persona_source']}, tree settings {r['tree']}",
                   f"  - models: {', '.join(r['models'])}", f"  - prompt version: {', '.join(r['prompt_versions'])}"]
     lines += ["", "## Data quality", "",
-              f"- inducer parse rate: {_pct(q['inducer_parse_rate'])}",
-              "- replies cut at max_tokens: " + ", ".join(f"{k} {_pct(v)}" for k, v in q["cut_share"].items()),
-              f"- personalized candidate chosen: {_pct(q['personalized_chosen_rate'])}; judge verdicts by display "
-              "position: " + ", ".join(f"{k} {_pct(v)}" for k, v in q["chosen_position_share"].items()),
-              f"- user messages reading like an assistant: {_pct(q['assistant_like_user_share'])}",
-              f"- judged turns with identical candidates: {_pct(q['duplicate_candidates_share'])}", "",
+              f"- inducer parse rate: {pct(q['inducer_parse_rate'])}",
+              "- replies cut at max_tokens: " + ", ".join(f"{k} {pct(v)}" for k, v in q["cut_share"].items()),
+              f"- personalized candidate chosen: {pct(q['personalized_chosen_rate'])}; judge verdicts by display "
+              "position: " + ", ".join(f"{k} {pct(v)}" for k, v in q["chosen_position_share"].items()),
+              f"- user messages reading like an assistant: {pct(q['assistant_like_user_share'])}",
+              f"- judged turns with identical candidates: {pct(q['duplicate_candidates_share'])}", "",
               "Warnings: " + ("; ".join(q["warnings"]) if q["warnings"] else "none"), "",
               "## Licence", "",
               "The texts were written by the models listed above and the personas come from the source named above; "
               "the terms of those models and sources apply to this data. Check them before you publish it."]
     return "\n".join(lines) + "\n"
 
-
-def _pct(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{rate:.0%}"

@@ -23,12 +23,14 @@ from aloe_ray.prompts import PROMPT_VERSION
 from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
 from aloe_ray.trees import TreeShape, make_tree_specs
+from aloe_ray.trees.quality import pct
 
 MANIFEST_DIR = "jobs/generate_trees"
-SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
-"""What the committed trees depend on (`tree_settings`): a rerun of the run_id must match it."""
 """Where the job's resolved config and manifest go inside the run root (each job has its own
 folder there, so the stages of one run never overwrite each other's)."""
+
+SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
+"""What the committed trees depend on (`tree_settings`): a rerun of the run_id must match it."""
 
 PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "pyarrow", "vllm", "openai")
 
@@ -103,20 +105,16 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, s
     c, q = manifest["counts"], manifest["quality"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
         f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
-    log(f"[aloe-ray] quality: inducer parsed {_pct(q['inducer_parse_rate'])}, cut at max_tokens "
-        + ", ".join(f"{r} {_pct(v)}" for r, v in q["cut_share"].items())
-        + f"; personalized chosen {_pct(q['personalized_chosen_rate'])}, judge chose "
-        + "/".join(f"{p} {_pct(v)}" for p, v in q["chosen_position_share"].items())
+    log(f"[aloe-ray] quality: inducer parsed {pct(q['inducer_parse_rate'])}, cut at max_tokens "
+        + ", ".join(f"{r} {pct(v)}" for r, v in q["cut_share"].items())
+        + f"; personalized chosen {pct(q['personalized_chosen_rate'])}, judge chose "
+        + "/".join(f"{p} {pct(v)}" for p, v in q["chosen_position_share"].items())
         + f"; {q['dpo_pairs_default_filters']} DPO pairs pass the default filters")
     for line in q["warnings"]:
         log(f"[aloe-ray] WARNING (data quality): {line}")
     log(f"[aloe-ray] output: {out.root}/{{nodes,trees}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}  "
         f"quality: {out.file(MANIFEST_DIR + '/quality.md')}")
     return manifest
-
-
-def _pct(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{rate:.0%}"
 
 
 def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total: int, already: int, log) -> dict:

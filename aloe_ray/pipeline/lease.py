@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from aloe_ray import storage
 from aloe_ray.pipeline.run_root import RunRoot
 
 
@@ -42,6 +43,8 @@ class RunLease:
     """File of the lease under the run root, e.g. 'jobs/generate_trees/lease.json'."""
     ttl_s: float = 60.0
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lost: bool = False
+    """Another driver took the lease over (this one stalled past ttl_s): stop writing."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -69,9 +72,6 @@ class RunLease:
             raise RunBusy(self._busy(again or {}))
         return held
 
-    lost: bool = False
-    """Another driver took the lease over (this one stalled past ttl_s): stop writing."""
-
     def renew(self) -> None:
         held = self.holder()
         if held and held.get("owner") != self.owner:
@@ -93,8 +93,6 @@ class RunLease:
             self._thread.join(timeout=10)
         held = self.holder()
         if held and held.get("owner") == self.owner:
-            from aloe_ray import storage
-
             storage.delete_file(self.out.file(self.name), self.out.s3)
 
     def __enter__(self) -> RunLease:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 
@@ -57,10 +58,7 @@ class ProgressBoard:
 
     def placement(self) -> dict[str, int]:
         """Grower actors per node (a restarted actor counts again)."""
-        out: dict[str, int] = {}
-        for node in self.growers.values():
-            out[node] = out.get(node, 0) + 1
-        return out
+        return dict(Counter(self.growers.values()))
 
     def snapshot(self) -> dict:
         """Trees started, trees finished (grown, maybe not yet committed), and the completed

@@ -6,39 +6,25 @@ from __future__ import annotations
 
 import io
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from aloe_ray.pipeline.run_root import RunRoot
+from aloe_ray.train.datasets import NODE_COLUMNS
+from aloe_ray.trees.quality import quality_counts, quality_markdown, warnings
 
-from aloe_ray import storage
-from aloe_ray.pipeline.run_output import RunOutput
-from aloe_ray.schema import NODES
-from aloe_ray.trees.quality import QualityCounts, quality_markdown, warnings
-
-COLUMNS = ("run_id", "tree_id", "node_id", "parent_id", "path", "turn", "role", "text", "candidate_index",
-           "personalized", "label", "continued", "induced_ok", "induced_finish_reason", "judge_choice",
-           "judge_order", "judge_probs", "judge_finish_reason", "finish_reason")
+COLUMNS = (*NODE_COLUMNS, "induced_ok", "induced_finish_reason", "judge_choice", "judge_order",
+           "judge_finish_reason")
+"""The nodes columns the figures read: the training rows' (DPO survival is one figure) and the labels'."""
 
 
-def read_parts(out: RunOutput):
-    """Each nodes part of the run as row dicts (committed parts hold whole trees). Columns an
-    older run's parts lack read as nulls."""
-    for uri in storage.list_files(out.table("nodes"), ".parquet", out.s3):
-        fs, path = storage.filesystem_for(uri, out.s3)
-        present = set(pq.read_schema(path, filesystem=fs).names)
-        table = pq.read_table(path, filesystem=fs, columns=[c for c in COLUMNS if c in present])
-        for name in COLUMNS:
-            if name not in present:
-                table = table.append_column(NODES.field(name), pa.nulls(table.num_rows, NODES.field(name).type))
+def read_parts(out: RunRoot):
+    """Each nodes part of the run as row dicts (committed parts hold whole trees)."""
+    for table in out.iter_columns("nodes", list(COLUMNS)):
         yield table.to_pylist()
 
 
-def write_quality_report(out: RunOutput, folder: str, *, title: str) -> dict:
+def write_quality_report(out: RunRoot, folder: str, *, title: str) -> dict:
     """Compute the report, write `<folder>/quality.md` and `<folder>/quality.png`; returns the
     summary with its `warnings`."""
-    counts = QualityCounts()
-    for rows in read_parts(out):
-        counts.merge(QualityCounts().add(rows))
-    summary = counts.summary()
+    summary = quality_counts(read_parts(out)).summary()
     summary["warnings"] = warnings(summary)
     out.write_text(f"{folder}/quality.md", quality_markdown(summary, summary["warnings"], title=title))
     out.write_bytes(f"{folder}/quality.png", quality_plot(summary, title=title))

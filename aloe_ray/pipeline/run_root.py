@@ -41,23 +41,31 @@ class RunRoot:
 
     def read_columns(self, name: str, columns: list[str]) -> pa.Table:
         """Some columns of a table (every part), read with pyarrow.dataset."""
-        import pyarrow.dataset as pads
+        dataset = self._dataset(name)
+        if dataset is None:
+            return pa.schema([self.SCHEMAS[name].field(c) for c in columns]).empty_table()
+        return dataset.to_table(columns=columns)
 
-        schema = self.SCHEMAS[name]
-        if not storage.exists(self.table(name), self.s3):
-            return pa.schema([schema.field(c) for c in columns]).empty_table()
-        fs, path = storage.filesystem_for(self.table(name), self.s3)
-        return pads.dataset(path, filesystem=fs, format="parquet", schema=schema,
-                            exclude_invalid_files=False).to_table(columns=columns)
+    def iter_columns(self, name: str, columns: list[str]):
+        """Some columns of a table, one part (file) at a time."""
+        dataset = self._dataset(name)
+        for fragment in dataset.get_fragments() if dataset is not None else ():
+            yield fragment.to_table(schema=dataset.schema, columns=columns)
 
     def count_rows(self, name: str) -> int:
         """A table's rows, from the Parquet footers."""
+        dataset = self._dataset(name)
+        return 0 if dataset is None else dataset.count_rows()
+
+    def _dataset(self, name: str):
+        """A table as a pyarrow dataset with its declared schema (columns an older part lacks read
+        as nulls); None when nothing was written yet."""
         import pyarrow.dataset as pads
 
         if not storage.exists(self.table(name), self.s3):
-            return 0
+            return None
         fs, path = storage.filesystem_for(self.table(name), self.s3)
-        return pads.dataset(path, filesystem=fs, format="parquet", schema=self.SCHEMAS[name]).count_rows()
+        return pads.dataset(path, filesystem=fs, format="parquet", schema=self.SCHEMAS[name])
 
     def read_text(self, name: str) -> str | None:
         """A file under the root, or None if there is none."""

@@ -168,7 +168,7 @@ class _Growth:
         p, tree_id = self.persona, self.spec.tree_id
         user_path = f"{at.path}u{turn}"
         user = await self._call("simulator", user_path, simulator_messages(p.profile, p.personality, at.conversation),
-                                accept=lambda c: clean_user_message(c.text) or None)
+                                accept=user_message)
         conversation = [*at.conversation, {"role": "user", "content": user.value}]
 
         induced_call = await self._call("inducer", user_path, inducer_messages(p.profile, p.personality, conversation),
@@ -179,7 +179,7 @@ class _Growth:
         n = self.shape.num_candidates
         candidates = await _gather_or_cancel(*(
             self._call("responder", f"{user_path}/a{i}",
-                       responder_messages(conversation, hint if i % 2 == 0 else None), accept=_non_empty)
+                       responder_messages(conversation, hint if i % 2 == 0 else None), accept=non_empty)
             for i in range(n)
         ))
         texts = [c.value for c in candidates]
@@ -304,7 +304,12 @@ def by_candidate(display_probs: list[float] | None, order: tuple[int, ...]) -> l
     return out
 
 
-def _non_empty(c: Completion) -> str | None:
+def user_message(c: Completion) -> str | None:
+    """A simulator's reply as the user's message (`clean_user_message`); None (retry) if empty."""
+    return clean_user_message(c.text) or None
+
+
+def non_empty(c: Completion) -> str | None:
     return c.text.strip() or None
 
 

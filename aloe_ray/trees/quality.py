@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aloe_ray.train.datasets import DpoFilters, dpo_pairs, sft_examples
+from aloe_ray.train.datasets import DpoFilters, dpo_pairs, sft_examples, truncated
 
 ROLES = ("simulator", "inducer", "responder", "judge")
 MARGIN_BINS = 10
@@ -112,7 +112,7 @@ class QualityCounts:
         for n in sorted(rows, key=lambda r: (r["turn"], r.get("path") or "")):
             role = "simulator" if n["role"] == "user" else "responder"
             self.replies[role] += 1
-            self.cut[role] += n.get("finish_reason") == "length"
+            self.cut[role] += truncated(n)
             self.empty[role] += not _norm(n["text"])
             if n["role"] != "user":
                 continue
@@ -252,19 +252,19 @@ def quality_markdown(summary: dict, warned: list[str], *, title: str = "Data qua
              f"{summary['judged_turns']} judged turns.", ""]
     lines += ["## Warnings", ""] + ([f"- {w}" for w in warned] or ["- none"]) + [""]
     lines += ["## Replies cut at max_tokens", "", "| role | replies | cut |", "|---|---|---|"]
-    lines += [f"| {r} | {summary['replies'][r]} | {_pct(summary['cut_share'][r])} |" for r in ROLES]
+    lines += [f"| {r} | {summary['replies'][r]} | {pct(summary['cut_share'][r])} |" for r in ROLES]
     lines += ["", "## Labels", "",
-              f"- inducer parse rate: {_pct(summary['inducer_parse_rate'])}",
-              f"- personalized candidate chosen: {_pct(summary['personalized_chosen_rate'])}",
-              f"- user messages reading like an assistant: {_pct(summary['assistant_like_user_share'])}",
-              f"- judged turns with identical candidates: {_pct(summary['duplicate_candidates_share'])}",
+              f"- inducer parse rate: {pct(summary['inducer_parse_rate'])}",
+              f"- personalized candidate chosen: {pct(summary['personalized_chosen_rate'])}",
+              f"- user messages reading like an assistant: {pct(summary['assistant_like_user_share'])}",
+              f"- judged turns with identical candidates: {pct(summary['duplicate_candidates_share'])}",
               f"- user messages repeating an earlier one of their tree: {summary['repeated_user_messages']}",
               f"- empty texts: {summary['empty_texts']}", "",
               "| display position | judge chose it | personalized chosen when shown there |", "|---|---|---|"]
     for letter, share in summary["chosen_position_share"].items():
-        lines.append(f"| {letter} | {_pct(share)} | {_pct(summary['personalized_chosen_by_position'].get(letter))} |")
+        lines.append(f"| {letter} | {pct(share)} | {pct(summary['personalized_chosen_by_position'].get(letter))} |")
     lines += ["", "| turn | personalized chosen |", "|---|---|"]
-    lines += [f"| {t} | {_pct(r)} |" for t, r in summary["personalized_chosen_by_turn"].items()]
+    lines += [f"| {t} | {pct(r)} |" for t, r in summary["personalized_chosen_by_turn"].items()]
     hist = summary["judge_margin_histogram"]
     lines += ["", "Judge margin (p(chosen) - p(best other)): "
               + ", ".join(f"[{a:.1f},{b:.1f}) {n}" for a, b, n in zip(hist["bins"], hist["bins"][1:], hist["counts"])),
@@ -282,7 +282,8 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _pct(rate: float | None) -> str:
+def pct(rate: float | None) -> str:
+    """A rate as a whole percentage; 'n/a' where nothing was counted."""
     return "n/a" if rate is None else f"{rate:.0%}"
 
 
