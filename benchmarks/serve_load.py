@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 
 
@@ -64,26 +65,11 @@ def main() -> None:
     if args.url:
         asyncio.run(run(args.url, args.model, args))
         return
-    import socket
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from local_serve import local_serve
 
-    import ray
-    from ray import serve
-
-    from serving.app import build_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"model": args.model, "max_ongoing_requests": 128, "max_batch_size": 32}), name="aloe",
-              route_prefix="/")
-    try:
-        asyncio.run(run(f"http://127.0.0.1:{port}", args.model, args))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
+    with local_serve({"model": args.model, "max_ongoing_requests": 128, "max_batch_size": 32}) as url:
+        asyncio.run(run(url, args.model, args))
 
 if __name__ == "__main__":
     main()

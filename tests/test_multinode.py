@@ -20,19 +20,14 @@ import pytest
 import yaml
 
 from aloe_ray.pipeline.run_output import RunOutput
-from conftest import REPO, free_port, wait_for_port
+from conftest import REPO, free_port, server_process
 
 
 @pytest.fixture(scope="module")
 def endpoint():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "loopback_endpoint.py"), "--port", str(port)])
-    try:
-        wait_for_port(port)
+    with server_process([sys.executable, str(REPO / "benchmarks" / "loopback_endpoint.py"), "--port", str(port)], port):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _config(tmp_path, base_url: str, trees: int) -> str:
