@@ -3,7 +3,7 @@ roles on the `openai` backend pointed at a loopback endpoint that answers at onc
 (`benchmarks/loopback_endpoint.py`, a benchmark fixture), 3 turns per tree.
 
     python benchmarks/scale.py                          # 1,000 and 10,000 trees, this pipeline and the last release's settings
-    python benchmarks/scale.py --sizes 1000 10000 100000
+    python benchmarks/scale.py --sizes 1000 10000 100000 --baseline-sizes 1000 10000
 
 For each size it runs the job twice, as configured now and with the pipeline as the last
 release configured it (one grower actor, no compaction), and prints wall time, trees/s, LLM
@@ -29,8 +29,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-LAST_RELEASE = ["--pipeline.grower_actors=1", "--pipeline.trees_per_file=1"]
-"""The pipeline as configured on the last release: one grower actor, one file per 4-tree part."""
+LAST_RELEASE = ["--pipeline.grower_actors=1", "--pipeline.trees_in_flight=16", "--pipeline.trees_per_file=1"]
+"""The pipeline as the last release configured it: one grower actor, 16 trees in flight, one
+file per 4-tree part (no compaction)."""
 
 
 def free_port() -> int:
@@ -121,6 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--skip-baseline", action="store_true", help="only this pipeline's configuration")
+    parser.add_argument("--baseline-sizes", type=int, nargs="*", default=None,
+                        help="sizes to run the last release's configuration at too (default: every size)")
+    parser.add_argument("--extra", nargs="*", default=[], help="flags for this pipeline's job, e.g. --pipeline.trees_in_flight=64")
     args = parser.parse_args()
     port = free_port()
     endpoint = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "loopback_endpoint.py"), "--port", str(port)])
@@ -130,9 +134,9 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{port}/v1"
         with tempfile.TemporaryDirectory(prefix="aloe-scale-") as tmp:
             for trees in args.sizes:
-                rows.append(measure(trees, base_url, Path(tmp), "this pipeline", []))
+                rows.append(measure(trees, base_url, Path(tmp), "this pipeline", args.extra))
                 print(_row(rows[-1]), flush=True)
-                if not args.skip_baseline:
+                if not args.skip_baseline and (args.baseline_sizes is None or trees in args.baseline_sizes):
                     rows.append(measure(trees, base_url, Path(tmp), "last release", LAST_RELEASE))
                     print(_row(rows[-1]), flush=True)
     finally:

@@ -142,7 +142,7 @@ def test_bad_input_fails_before_ray_starts(tmp_path):
 def test_killed_driver_rerun_is_exactly_once(tmp_path):
     out_dir = str(tmp_path / "data")
     args = [f"--output={out_dir}", "--run_id=killed", "--num_trees=4", "--pipeline.trees_per_part=1",
-            "--pipeline.parts_in_flight_per_actor=2"]
+            "--pipeline.trees_in_flight=2"]
     proc = subprocess.Popen(job_cmd(*args), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     trees_dir = tmp_path / "data" / "killed" / "trees"

@@ -36,7 +36,7 @@ def _config(tmp_path, base_url: str, trees: int) -> str:
     path.write_text(yaml.safe_dump({
         "num_trees": trees, "samples_per_persona": 2, "tree": {"max_turns": 3}, "engines": {"api": api},
         "roles": {r: {"engine": "api"} for r in ("simulator", "inducer", "responder", "judge")},
-        "pipeline": {"progress_interval_s": 2, "trees_per_part": 2, "parts_in_flight_per_actor": 2},
+        "pipeline": {"progress_interval_s": 2, "trees_per_part": 2, "trees_in_flight": 4},
     }))
     return str(path)
 

@@ -20,7 +20,7 @@ from aloe_ray.pipeline.generate import SETTINGS_FILE, tree_settings
 from aloe_ray.pipeline.grower import TreeGrower
 from aloe_ray.pipeline.lease import RunBusy, RunLease
 from aloe_ray.pipeline.run_output import RunOutput
-from aloe_ray.trees import TreeShape, grow_tree, make_tree_specs
+from aloe_ray.trees import TreePlan, TreeShape, grow_tree, make_tree_specs
 from conftest import REPO
 from scripted_engine import ScriptedEngine
 from test_trees import PERSONA, roles_for
@@ -109,14 +109,8 @@ def test_a_failing_commit_is_retried_then_reported_not_raised(tmp_path, monkeypa
     out = _FlakyOutput(str(tmp_path), failures)
     from aloe_ray.config.generate import RolesConfig
 
-    grower = TreeGrower(RolesConfig(), {"default": ScriptedEngine()}, TreeShape(2), out)
-    specs = make_tree_specs("flaky", [PERSONA])
-    batch = pa.Table.from_pylist([s.to_row() for s in specs])
-
-    async def run():
-        return [s async for s in grower(batch)]
-
-    [summary] = asyncio.run(run())
+    grower = TreeGrower(TreePlan("flaky", (PERSONA,)), RolesConfig(), {"default": ScriptedEngine()}, TreeShape(2), out)
+    summary = asyncio.run(grower(pa.table({"spec_index": [0]})))
     if committed:
         assert summary["status"] == ["ok"] and summary["part"][0].startswith("part-")
         assert out.read("trees").num_rows == 1
@@ -126,17 +120,80 @@ def test_a_failing_commit_is_retried_then_reported_not_raised(tmp_path, monkeypa
         assert out.read("trees").num_rows == 0  # nothing half-written: the rerun grows it
 
 
-def test_growers_are_sized_to_the_cluster():
+def test_growers_and_trees_in_flight_are_sized_to_the_cluster_and_the_engines():
     from aloe_ray.config import EngineConfig
-    from aloe_ray.pipeline.generate import grower_count
+    from aloe_ray.config.generate import PipelineConfig
+    from aloe_ray.pipeline.generate import grow_sizing
 
     hf = {"default": EngineConfig(num_cpus=1)}
     api = {"api": EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")}
-    assert grower_count(None, 2, hf, parts=10) == 1  # the engine actor holds one of two CPUs
-    assert grower_count(None, 2, api, parts=10) == 2  # a remote endpoint: both cores grow trees
-    assert grower_count(None, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, parts=100) == 32
-    assert grower_count(None, 16, api, parts=3) == 3  # never more actors than parts
-    assert grower_count(5, 2, hf, parts=10) == 5  # a configured count wins
+    p = PipelineConfig()  # 4 trees a part
+    assert grow_sizing(p, 2, hf, trees=40).growers == 1  # the engine actor holds one of two CPUs
+    assert grow_sizing(p, 2, api, trees=40).growers == 2  # a remote endpoint: both cores grow trees
+    assert grow_sizing(p, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, trees=400).growers == 32
+    assert grow_sizing(p, 16, api, trees=12).growers == 3  # never more actors than parts
+    assert grow_sizing(PipelineConfig(grower_actors=5), 2, hf, trees=40).growers == 5  # configured wins
+
+    # In flight: what the engines serve at once, shared by the growers; batches of half a
+    # grower's slots, whole parts.
+    s = grow_sizing(p, 2, hf, trees=1000)
+    assert (s.growers, s.per_grower, s.batch) == (1, 16, 8)  # hf: replicas x max_batch_size
+    two = {"a": EngineConfig(num_cpus=0, max_batch_size=8, replicas=2), "b": EngineConfig(num_cpus=0)}
+    assert grow_sizing(p, 2, two, trees=1000).per_grower == (16 + 16) // 2
+    s = grow_sizing(p, 2, api, trees=1000)
+    assert (s.growers, s.per_grower, s.batch) == (2, 256, 128)  # openai: the client's max_concurrency
+    s = grow_sizing(PipelineConfig(trees_in_flight=6, trees_per_part=4), 2, api, trees=1000)
+    assert (s.per_grower, s.batch) == (3, 4)
+
+
+class _SlowFirstTree(ScriptedEngine):
+    """Holds the first persona's tree until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def chat(self, requests, affinity=None):
+        if "profile 0" in requests[0].messages[0]["content"]:
+            await self.release.wait()
+        await asyncio.sleep(0)
+        return await super().chat(requests, affinity)
+
+
+def test_trees_stream_through_a_growers_slots_without_waiting_for_a_part(tmp_path):
+    from aloe_ray.config.generate import RolesConfig
+    from aloe_ray.personas.model import Persona
+
+    personas = tuple(Persona.pair(f"profile {i}", f"personality {i}") for i in range(6))
+    engine = _SlowFirstTree()
+    out = RunOutput(str(tmp_path), "s")
+    grower = TreeGrower(TreePlan("s", personas), RolesConfig(), {"default": engine}, TreeShape(2), out,
+                        trees_in_flight=2, trees_per_part=2)
+
+    most_growing = 0
+
+    async def run():
+        nonlocal most_growing
+        call = asyncio.ensure_future(grower(pa.table({"spec_index": list(range(6))})))
+        # Tree 0 is stuck: its slot stays taken, and trees 1..5 pass one by one through the other.
+        for _ in range(3000):
+            await asyncio.sleep(0.001)
+            tally = grower.tally.snapshot()
+            most_growing = max(most_growing, tally["started"] - tally["finished"])
+            if len(list((tmp_path / "s" / "trees").glob("part-*.parquet"))) == 2:
+                break
+        committed = sorted(t for t in out.read("trees")["tree_id"].to_pylist())
+        engine.release.set()
+        return committed, await call
+
+    committed, summary = asyncio.run(run())
+    plan = TreePlan("s", personas)
+    # Parts [2, 3] and [4, 5] were committed while tree 0 still grew; part [0, 1] waited for it.
+    assert committed == sorted(plan.tree_id(i) for i in (2, 3, 4, 5))
+    assert summary["tree_id"] == [plan.tree_id(i) for i in range(6)] and set(summary["status"]) == {"ok"}
+    assert len(set(summary["part"])) == 3
+    assert out.read("trees").num_rows == 6
+    assert most_growing == 2  # never more trees at once than the grower's slots
 
 
 def _scripted_results(n: int):

@@ -91,8 +91,8 @@ class RolesConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     trees_per_part: int = Field(default=4, ge=1)
-    """Trees grown together and committed as one Parquet part (per table): a killed run loses at
-    most the parts in flight."""
+    """Consecutive trees of a batch committed together as one Parquet part (per table), as soon
+    as all of them are grown: a killed run loses at most the parts in flight."""
 
     trees_per_file: int = Field(default=2000, ge=1)
     """After the run, parts of at most half of this are compacted into files of up to this many
@@ -101,10 +101,12 @@ class PipelineConfig(StrictModel):
     grower_actors: int | None = Field(default=None, ge=1)
     """Ray Data actors that grow trees (async: they wait on the engines, but each costs ~2.5 ms of
     CPU per LLM call in its HTTP client and bookkeeping). Default: sized to the cluster, one per
-    CPU left over after the engine actors' reservations (at least 1, at most one per part)."""
+    CPU left over after the engine actors' reservations (at least 1, at most one per batch)."""
 
-    parts_in_flight_per_actor: int = Field(default=4, ge=1)
-    """Parts one grower actor grows at once; trees in flight = actors x this x trees_per_part."""
+    trees_in_flight: int | None = Field(default=None, ge=1)
+    """Trees growing at once over all growers (each grower holds its share). Default: what the
+    engines the roles use can serve at once (hf: replicas x max_batch_size; vllm: replicas x
+    max_concurrency; openai: max_concurrency), summed, at least one per grower."""
 
     grower_num_cpus: float = Field(default=0.1, ge=0)
     """CPUs Ray reserves per grower actor."""

@@ -7,8 +7,10 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from aloe_ray import storage
@@ -22,7 +24,7 @@ from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.prompts import PROMPT_VERSION
 from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
-from aloe_ray.trees import TreeShape, make_tree_specs
+from aloe_ray.trees import TreePlan, TreeShape
 from aloe_ray.trees.quality import pct
 
 MANIFEST_DIR = "jobs/generate_trees"
@@ -45,8 +47,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     s3 = s3_options(cfg)
     # Bad input fails here, before Ray starts or any model loads.
     personas = load_personas(cfg.personas, s3)
-    specs = make_tree_specs(cfg.run_id, personas, samples_per_persona=cfg.samples_per_persona,
-                            seed=cfg.seed, limit=cfg.num_trees)
+    plan = TreePlan(cfg.run_id, tuple(personas), cfg.samples_per_persona, cfg.seed, cfg.num_trees)
     for engine in cfg.used_engines().values():
         if engine.backend != EngineBackend.openai:
             check_model_spec(engine.model)
@@ -54,7 +55,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
     with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s) as lease:
-        return _run(cfg, out, specs, personas, shape, s3, started, log, lease)
+        return _run(cfg, out, plan, shape, s3, started, log, lease)
 
 
 def tree_settings(cfg: GenerateTreesConfig) -> dict:
@@ -74,15 +75,16 @@ def tree_settings(cfg: GenerateTreesConfig) -> dict:
             "personas": cfg.personas.model_dump(mode="json"), "roles": roles}
 
 
-def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, started: float, log,
+def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, started: float, log,
          lease: RunLease) -> dict:
     out.pin_settings(SETTINGS_FILE, tree_settings(cfg), made="grown", instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
     done = recovered.ok | recovered.failed
-    pending = [s for s in specs if s.tree_id not in done]
-    log(f"[aloe-ray] run {cfg.run_id}: {len(specs)} trees requested from {len(personas)} personas; "
-        f"{len(recovered.ok)} already done, {len(pending)} to grow -> {out.root}")
+    pending = plan.pending(done)
+    del done, recovered.ok, recovered.failed  # the driver keeps positions, not ids
+    log(f"[aloe-ray] run {cfg.run_id}: {len(plan)} trees requested from {len(plan.personas)} personas; "
+        f"{len(plan) - len(pending)} already done, {len(pending)} to grow -> {out.root}")
     if recovered.orphan_parts_removed or recovered.failed_rows_dropped or recovered.superseded_parts_removed:
         log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s) and "
             f"{recovered.superseded_parts_removed} part(s) an interrupted compaction had replaced; "
@@ -90,13 +92,13 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, s
 
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
-        engine_stats = _grow(cfg, pending, shape, out, s3, total=len(specs), already=len(done), log=log)
+        engine_stats = _grow(cfg, plan, pending, shape, out, s3, log=log)
     lease.check()
     replaced = out.compact(cfg.pipeline.trees_per_file)
     if replaced:
         log(f"[aloe-ray] compacted {replaced} small parts into parts of up to {cfg.pipeline.trees_per_file} trees")
     previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
-    manifest = _manifest(cfg, out, started, engine_stats, requested=len(specs))
+    manifest = _manifest(cfg, out, started, engine_stats, requested=len(plan))
     if previous.get("quality") and previous.get("counts") == manifest["counts"] and not replaced:
         manifest["quality"] = previous["quality"]  # nothing changed since it was computed
     else:
@@ -117,7 +119,8 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, specs, personas, shape, s3, s
     return manifest
 
 
-def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total: int, already: int, log) -> dict:
+def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, out: RunOutput, s3, *, log) -> dict:
+    import numpy as np
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -133,23 +136,32 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
         + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
     pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     p = cfg.pipeline
-    growers = grower_count(p.grower_actors, ray.cluster_resources().get("CPU", 1.0), engines,
-                           parts=math.ceil(len(pending) / p.trees_per_part))
-    log(f"[aloe-ray] {growers} grower actor(s)" + (" (sized to the cluster's CPUs)" if p.grower_actors is None else "")
-        + f", up to {growers * p.parts_in_flight_per_actor * p.trees_per_part} trees in flight")
+    sizing = grow_sizing(p, ray.cluster_resources().get("CPU", 1.0), engines, trees=len(pending))
+    log(f"[aloe-ray] {sizing.growers} grower actor(s)"
+        + (" (sized to the cluster's CPUs)" if p.grower_actors is None else "")
+        + f", {sizing.growers * sizing.per_grower} trees in flight"
+        + (" (the engines' concurrency)" if p.trees_in_flight is None else "")
+        + f", batches of {sizing.batch} trees")
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-    ds = ray.data.from_items([s.to_row() for s in pending],
-                             override_num_blocks=math.ceil(len(pending) / p.trees_per_part))
+    # The driver sends positions in the plan (8 bytes a tree), one block per batch; the growers
+    # rebuild the specs from the plan they were given once.
+    blocks = math.ceil(len(pending) / sizing.batch)
+    ds = ray.data.from_arrow([pa.table({"spec_index": pa.array(chunk, pa.int64())})
+                              for chunk in np.array_split(np.asarray(pending, dtype=np.int64), blocks)])
     ds = ds.map_batches(
         TreeGrower,
-        batch_size=p.trees_per_part,
+        batch_size=None,  # a block is a batch
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=growers, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
-                                  max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
+        compute=ActorPoolStrategy(size=sizing.growers, max_tasks_in_flight_per_actor=BATCHES_PER_GROWER,
+                                  max_concurrent_calls_per_actor=BATCHES_PER_GROWER),
         num_cpus=p.grower_num_cpus,
         scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
-        fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "shape": shape, "output": out, "board": board},
+        fn_constructor_kwargs={"plan": plan, "roles": cfg.roles, "engines": pools, "shape": shape, "output": out,
+                               "board": board, "trees_in_flight": sizing.per_grower,
+                               "trees_per_part": p.trees_per_part},
     )
+    total = len(plan)
+    already = total - len(pending)
     grow_started = time.monotonic()
     progress = Progress(total=total, already_done=already, to_grow=len(pending), max_turns=shape.max_turns,
                         interval_s=p.progress_interval_s, log=log)
@@ -186,13 +198,44 @@ def _grow(cfg: GenerateTreesConfig, pending, shape, out: RunOutput, s3, *, total
     return stats
 
 
-def grower_count(configured: int | None, cluster_cpus: float, engines: dict, *, parts: int) -> int:
-    """Grower actors: as configured, else one per CPU the engine actors leave free (an openai
-    pool reserves none), at least 1 and at most one per part."""
-    if configured is not None:
-        return configured
-    reserved = sum(e.num_cpus * e.replicas for e in engines.values() if e.backend != EngineBackend.openai)
-    return max(1, min(int(cluster_cpus - reserved), max(parts, 1)))
+BATCHES_PER_GROWER = 4
+"""Batches Ray Data hands a grower at once: while one batch's last trees grow, the next ones'
+trees take the freed slots."""
+
+
+@dataclass(frozen=True)
+class GrowSizing:
+    growers: int
+    per_grower: int
+    """Trees in flight per grower."""
+    batch: int
+    """Trees per Ray Data batch: half a grower's slots (a multiple of trees_per_part)."""
+
+
+def grow_sizing(p, cluster_cpus: float, engines: dict, *, trees: int) -> GrowSizing:
+    """Growers: as configured, else one per CPU the engine actors leave free (an openai pool
+    reserves none), at least 1 and at most one per part. Trees in flight: as configured, else the
+    engines' concurrency (`engine_concurrency`)."""
+    parts = max(math.ceil(trees / p.trees_per_part), 1)
+    if p.grower_actors is not None:
+        growers = p.grower_actors
+    else:
+        reserved = sum(e.num_cpus * e.replicas for e in engines.values() if e.backend != EngineBackend.openai)
+        growers = max(1, min(int(cluster_cpus - reserved), parts))
+    in_flight = p.trees_in_flight or sum(engine_concurrency(e) for e in engines.values())
+    per_grower = max(math.ceil(in_flight / growers), 1)
+    k = p.trees_per_part
+    batch = max(k, math.ceil(per_grower / 2 / k) * k)
+    return GrowSizing(growers, per_grower, batch)
+
+
+def engine_concurrency(e) -> int:
+    """Requests an engine pool serves at once: what keeps it busy is that many trees waiting on it."""
+    if e.backend == EngineBackend.hf:
+        return e.replicas * e.max_batch_size
+    if e.backend == EngineBackend.vllm:
+        return e.replicas * e.max_concurrency
+    return e.max_concurrency
 
 
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:

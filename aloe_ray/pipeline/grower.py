@@ -1,15 +1,18 @@
-"""The Ray Data stage that grows trees: an async callable class, one part per batch.
+"""The Ray Data stage that grows trees: an async callable class; a batch is a list of tree
+positions in the run's `TreePlan`.
 
 Each actor holds engine clients (handles of the shared engine pools: no weights here) and grows
-the trees of several batches at once as asyncio tasks, so engines see many conversations'
-requests at a time and no tree waits for another's turn.
+trees as asyncio tasks, at most `trees_in_flight` at once over all the batches it holds (Ray
+Data hands it several): a slot freed by a finished tree goes to the next waiting tree at once,
+so no batch's slowest tree idles the others' concurrency. A batch's trees are committed in
+parts of `trees_per_part` consecutive trees, each as soon as its trees are grown; the parts of
+a batch are the same on every try (a retried batch rewrites the same files).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pyarrow as pa
 
@@ -17,7 +20,7 @@ from aloe_ray.config.generate import RolesConfig
 from aloe_ray.engines.base import ChatEngine, Sampling
 from aloe_ray.pipeline.progress import TreeTally
 from aloe_ray.pipeline.run_output import RunOutput
-from aloe_ray.trees import RoleBinding, TreeRoles, TreeShape, TreeSpec, grow_tree
+from aloe_ray.trees import RoleBinding, TreePlan, TreeRoles, TreeShape, TreeSpec, grow_tree
 
 REPORT_INTERVAL_S = 1.0
 """Most one progress message per grower per this many seconds."""
@@ -40,11 +43,15 @@ def bind_roles(roles: RolesConfig, engines: dict[str, ChatEngine]) -> TreeRoles:
 
 
 class TreeGrower:
-    def __init__(self, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape, output: RunOutput,
-                 board=None):
+    def __init__(self, plan: TreePlan, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape,
+                 output: RunOutput, board=None, *, trees_in_flight: int = 16, trees_per_part: int = 4):
+        self.plan = plan
         self.roles = bind_roles(roles, engines)
         self.shape = shape
         self.output = output
+        self.trees_in_flight = trees_in_flight
+        self.trees_per_part = trees_per_part
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop that runs the batches
         self.board = board
         """Handle of the run's ProgressBoard actor (or None): told where this grower runs, of tree
         starts and of finished turns, fire and forget."""
@@ -58,8 +65,16 @@ class TreeGrower:
             self.grower_id = ctx.get_actor_id() or f"driver-{id(self)}"
             board.grower_started.remote(self.grower_id, ctx.get_node_id())
 
-    async def __call__(self, batch: pa.Table) -> AsyncIterator[dict]:
-        specs = [TreeSpec.from_row(row) for row in batch.to_pylist()]
+    async def __call__(self, batch: pa.Table) -> dict:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.trees_in_flight)
+        specs = [self.plan.spec(i) for i in batch.column("spec_index").to_pylist()]
+        k = self.trees_per_part
+        parts = await asyncio.gather(*(self._grow_part(specs[i:i + k]) for i in range(0, len(specs), k)))
+        self._report(force=True)
+        return {c: [v for part in parts for v in part[c]] for c in SUMMARY_COLUMNS}
+
+    async def _grow_part(self, specs: list[TreeSpec]) -> dict:
         results = await asyncio.gather(*(self._grow(s) for s in specs))
         summary = {c: [r.tree.get(c) for r in results] for c in SUMMARY_COLUMNS if c != "part"}
         try:
@@ -71,8 +86,7 @@ class TreeGrower:
             summary["status"] = ["failed"] * len(results)
             summary["failure_reason"] = [reason] * len(results)
         summary["part"] = [part] * len(results)
-        self._report(force=True)
-        yield summary
+        return summary
 
     async def _commit(self, results) -> str:
         """Commit the part, retrying a failed write (a transient S3 error): the part's file names
@@ -87,17 +101,18 @@ class TreeGrower:
         raise AssertionError("unreachable")
 
     async def _grow(self, spec: TreeSpec):
-        self.tally.tree_started(spec.tree_id)
-        self._report()
-
-        def on_turn(turn: int) -> None:
-            self.tally.turn_done(spec.tree_id, turn)
+        async with self._slots:
+            self.tally.tree_started(spec.tree_id)
             self._report()
 
-        result = await grow_tree(spec, self.roles, self.shape, on_turn=on_turn)
-        self.tally.tree_finished(spec.tree_id)
-        self._report()
-        return result
+            def on_turn(turn: int) -> None:
+                self.tally.turn_done(spec.tree_id, turn)
+                self._report()
+
+            result = await grow_tree(spec, self.roles, self.shape, on_turn=on_turn)
+            self.tally.tree_finished(spec.tree_id)
+            self._report()
+            return result
 
     def _report(self, force: bool = False) -> None:
         """Send the board this grower's tally, at most once per REPORT_INTERVAL_S (fire and forget)."""

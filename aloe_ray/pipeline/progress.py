@@ -17,6 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 
 
+FAILURES_KEPT = 100
+"""Failed trees (id, reason) the driver keeps for its log; every one is in the trees table."""
+
+
 class TreeTally:
     """One grower's live counters: trees started and finished, completed turns of the trees still
     growing. A tree grown again (a retried batch) is counted once."""
@@ -86,7 +90,8 @@ class Progress:
                     self.ok += 1
                 else:
                     self.failed += 1
-                    self.failures.append((row["tree_id"], row["failure_reason"] or ""))
+                    if len(self.failures) < FAILURES_KEPT:  # the driver's memory stays flat
+                        self.failures.append((row["tree_id"], row["failure_reason"] or ""))
                 self.tokens += int(row["completion_tokens"] or 0)
         if time.monotonic() - self._last >= self.interval_s:
             self.report()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from aloe_ray.personas.model import Persona
@@ -35,25 +35,45 @@ class TreeSpec:
     sample_index: int
     seed: int
 
-    def to_row(self) -> dict:
-        return {"run_id": self.run_id, "tree_id": self.tree_id, "sample_index": self.sample_index,
-                "seed": self.seed, **{f"persona_{k}": v for k, v in self.persona.to_row().items()}}
 
-    @classmethod
-    def from_row(cls, row: dict) -> TreeSpec:
-        persona = Persona(**{k.removeprefix("persona_"): row[k] for k in row if k.startswith("persona_")})
-        return cls(run_id=row["run_id"], tree_id=row["tree_id"], persona=persona,
-                   sample_index=int(row["sample_index"]), seed=int(row["seed"]))
+def tree_id_for(run_id: str, persona_id: str, sample: int, seed: int) -> str:
+    return "tree-" + stable_id(run_id, persona_id, sample, seed)
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """Every tree of a run by position: persona-major, sample-minor within a persona, the first
+    `limit`. A position is all a worker needs to rebuild its spec, so the driver never holds the
+    specs of a large run (only the personas, once)."""
+
+    run_id: str
+    personas: tuple[Persona, ...]
+    samples_per_persona: int = 1
+    seed: int = 0
+    limit: int | None = None
+
+    def __len__(self) -> int:
+        count = len(self.personas) * self.samples_per_persona
+        return count if self.limit is None else min(count, self.limit)
+
+    def tree_id(self, index: int) -> str:
+        persona, sample = divmod(index, self.samples_per_persona)
+        return tree_id_for(self.run_id, self.personas[persona].persona_id, sample, self.seed)
+
+    def spec(self, index: int) -> TreeSpec:
+        if not 0 <= index < len(self):
+            raise IndexError(f"tree {index} of a plan of {len(self)}")
+        persona, sample = divmod(index, self.samples_per_persona)
+        tree_id = self.tree_id(index)
+        return TreeSpec(self.run_id, tree_id, self.personas[persona], sample, derive_seed(tree_id, self.seed))
+
+    def pending(self, done: Collection[str]) -> list[int]:
+        """Positions of the trees whose ids are not in `done`."""
+        return [i for i in range(len(self)) if self.tree_id(i) not in done]
 
 
 def make_tree_specs(run_id: str, personas: Iterable[Persona], *, samples_per_persona: int = 1,
                     seed: int = 0, limit: int | None = None) -> list[TreeSpec]:
     """Specs in persona order, sample-major within a persona; the first `limit` of them."""
-    specs = []
-    for persona in personas:
-        for sample in range(samples_per_persona):
-            if limit is not None and len(specs) >= limit:
-                return specs
-            tree_id = "tree-" + stable_id(run_id, persona.persona_id, sample, seed)
-            specs.append(TreeSpec(run_id, tree_id, persona, sample, derive_seed(tree_id, seed)))
-    return specs
+    plan = TreePlan(run_id, tuple(personas), samples_per_persona, seed, limit)
+    return [plan.spec(i) for i in range(len(plan))]
