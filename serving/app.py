@@ -8,13 +8,13 @@ The interactive evaluation page is at GET / and its API under /interactive (serv
 both are documented at /docs.
 CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
 one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
-vllm): ray.serve.llm's OpenAI app with LoRA multiplexing. The request's model name selects the
-base model or an adapter either way.
+vllm): ray.serve.llm's OpenAI app with LoRA multiplexing (serving/llm_app.py). The request's model
+name selects the base model or an adapter either way, and the same bearer auth and request limits
+hold on both (serving/guard.py).
 """
 
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -28,6 +28,7 @@ from ray.serve import Application
 from serving import interactive
 from serving.config import ServeArgs, ServeBackend
 from serving.errors import error_response, install_error_handlers, internal_error
+from serving.guard import Guard, RequestLimits
 from serving.openai_api import APIError, ChatCompletionRequest, ChunkWriter, completion_body
 
 api = FastAPI(title="aloe-ray", docs_url="/docs", redoc_url=None)
@@ -50,11 +51,7 @@ class ChatServer:
         from aloe_ray.engines.models import resolve_adapter, resolve_model
 
         self.args = ServeArgs.model_validate(args)
-        self.api_key = None
-        if self.args.api_key_env:
-            self.api_key = os.environ.get(self.args.api_key_env)
-            if not self.api_key:
-                raise RuntimeError(f"api_key_env names {self.args.api_key_env}, which is not set in the replica")
+        self.guard = Guard(RequestLimits.of(self.args))
         base = resolve_model(self.args.model)
         folders = {self.args.name: base}
         for a in self.args.adapters:
@@ -64,7 +61,8 @@ class ChatServer:
                 logging.getLogger("ray.serve").warning(
                     "adapter %s was trained on %s but is served on %s: its replies come from a model it "
                     "was not trained for", a.name, trained_on, self.args.model)
-        self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size)
+        self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size,
+                                       dtype=self.args.dtype)
                         for name, path in folders.items()}
         self.interactive = (interactive.InteractiveService(self.args, self.engines)
                             if self.args.interactive.enabled else None)
@@ -102,22 +100,16 @@ class ChatServer:
             return error_response(internal_error(exc))
 
     def _check_auth(self, request: Request) -> JSONResponse | None:
-        if self.api_key is None:
-            return None
-        sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {self.api_key}".encode()):
-            err = APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           "authentication_error", code="invalid_api_key")
-            return JSONResponse(err.body(), status_code=401)
+        try:
+            self.guard.check_auth(request.headers.get("authorization", ""))
+        except APIError as err:
+            return JSONResponse(err.body(), status_code=err.status)
         return None
 
     async def _parse(self, request: Request) -> ChatCompletionRequest:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.args.max_body_bytes:
-            raise APIError(413, f"request body over {self.args.max_body_bytes} bytes", code="body_too_large")
+        self.guard.check_body_size(request.headers.get("content-length"))
         raw = await request.body()
-        if len(raw) > self.args.max_body_bytes:
-            raise APIError(413, f"request body over {self.args.max_body_bytes} bytes", code="body_too_large")
+        self.guard.check_body_size(len(raw))
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -131,10 +123,7 @@ class ChatServer:
         if req.model not in self.engines:
             raise APIError(404, f"model '{req.model}' not found; available: {sorted(self.engines)}",
                            code="model_not_found", param="model")
-        asked = req.max_completion_tokens or req.max_tokens
-        if asked is not None and asked > self.args.max_tokens_limit:
-            raise APIError(400, f"max_tokens {asked} exceeds this server's limit of {self.args.max_tokens_limit}",
-                           param="max_tokens")
+        self.guard.check_max_tokens(req.max_completion_tokens or req.max_tokens)
         return req
 
     async def _complete(self, req: ChatCompletionRequest):
@@ -155,7 +144,7 @@ class ChatServer:
         return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
 
     def _timeout(self) -> APIError:
-        return APIError(504, f"generation took longer than {self.args.request_timeout_s}s", "timeout", code="timeout")
+        return self.guard.timeout_error()
 
     async def _stream(self, req: ChatCompletionRequest, items) -> StreamingResponse:
         """SSE chunks as the engine decodes. The first item is awaited before answering, so a
@@ -209,31 +198,7 @@ def build_app(args: dict) -> Application:
     """Serve application builder (import path `serving.app:build_app`)."""
     parsed = ServeArgs.model_validate(args or {})
     if parsed.backend == ServeBackend.vllm:
-        return _build_vllm_app(parsed)
+        from serving.llm_app import build_llm_app
+
+        return build_llm_app(parsed)
     return ChatServer.options(**deployment_options(parsed)).bind(parsed.model_dump(mode="json"))
-
-
-def _build_vllm_app(args: ServeArgs) -> Application:
-    """GPU path: ray.serve.llm (needs vLLM). LoRA adapters are loaded per request from the folder
-    that holds them; clients ask for `<served name>:<adapter name>`."""
-    lora = None
-    if args.adapters:
-        roots = {a.path.rstrip("/").rsplit("/", 1)[0] for a in args.adapters}
-        if len(roots) != 1:
-            raise ValueError("vllm backend: all adapters must sit in one folder (ray.serve.llm loads them from it)")
-        misnamed = [a.name for a in args.adapters if a.path.rstrip("/").rsplit("/", 1)[-1] != a.name]
-        if misnamed:
-            raise ValueError(f"vllm backend: ray.serve.llm loads adapter NAME from <folder>/NAME; rename "
-                             f"{misnamed} to their folder names (e.g. 'dpo' for <run>/adapters/dpo)")
-        lora = {"dynamic_lora_loading_path": roots.pop(), "max_num_adapters_per_replica": len(args.adapters)}
-    try:
-        from ray.serve.llm import LLMConfig, build_openai_app
-    except ImportError as exc:
-        raise RuntimeError(f"backend 'vllm' needs vLLM installed (pip install 'aloe-ray[vllm]'): {exc}") from exc
-    config = LLMConfig(
-        model_loading_config={"model_id": args.name, "model_source": args.model},
-        lora_config=lora,
-        deployment_config={k: v for k, v in deployment_options(args).items() if k != "ray_actor_options"},
-        engine_kwargs={"enable_prefix_caching": True},
-    )
-    return build_openai_app({"llm_configs": [config]})

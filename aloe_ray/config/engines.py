@@ -60,7 +60,12 @@ class EngineConfig(StrictModel):
     """hf: prompt KV caches kept for reuse by the same conversation's next request (0: off)."""
 
     max_input_tokens: int = Field(default=2048, ge=16)
-    """Prompts longer than this keep their last tokens (hf) / max model length (vllm)."""
+    """Longest prompt (hf, vllm): a longer chat loses its oldest non-system messages, or is refused
+    when its system messages and last message alone do not fit (engines/prompt_fit.py)."""
+
+    max_model_len: int | None = Field(default=None, ge=32)
+    """vllm: longest prompt + reply one sequence holds (vLLM's max_model_len); default
+    max_input_tokens + 2048. A prompt is fitted so that its reply has max_tokens of room."""
 
     tensor_parallel_size: int = Field(default=1, ge=1)
     """vllm: GPUs per replica."""
@@ -78,7 +83,7 @@ class EngineConfig(StrictModel):
     """openai: name of the environment variable holding the API key (never the key itself)."""
 
     timeout_s: float = Field(default=120.0, gt=0)
-    """openai: per-request timeout."""
+    """openai, vllm: per-request timeout; a vllm request past it is aborted in the engine."""
 
     max_retries: int = Field(default=4, ge=0)
     """openai: retries with exponential backoff on timeouts, 429 and 5xx (the openai client's)."""

@@ -53,7 +53,11 @@ class Completion:
     finish_reason: str
     """'stop' (end of message), 'length' (hit max_tokens) or 'choice' (constrained answer)."""
     prompt_tokens: int
+    """Tokens of the prompt as sent, after any fitting to the input limit (prompt_fit.py)."""
     completion_tokens: int
+    """Tokens generated for the reply, the same count on every backend: the end-of-sequence
+    (or other stop) token that ended it is not counted; the tokens of a stop string are (the
+    string is cut from the text, not from the count); a constrained answer counts 1."""
     model: str = ""
     choice_probs: list[float] | None = None
     """For requests with choices: probability of each choice, in order, when the backend knows."""
@@ -78,3 +82,8 @@ class PromptTooLong(ValueError):
 
 class EngineError(RuntimeError):
     """An engine call that failed after its retries."""
+
+
+class EngineTimeout(EngineError, TimeoutError):
+    """A request that did not finish within the engine's timeout; the engine stopped working on
+    it (nothing keeps decoding for a caller that has given up)."""

@@ -22,8 +22,8 @@ def build_engine(cfg: EngineConfig, s3: S3Options | None = None) -> ChatEngine:
         return VLLMEngine(path, model_name=cfg.model, dtype=cfg.dtype,
                           tensor_parallel_size=cfg.tensor_parallel_size,
                           gpu_memory_utilization=cfg.gpu_memory_utilization,
-                          max_model_len=cfg.max_input_tokens,
-                          enable_prefix_caching=cfg.enable_prefix_caching)
+                          max_input_tokens=cfg.max_input_tokens, max_model_len=cfg.max_model_len,
+                          enable_prefix_caching=cfg.enable_prefix_caching, timeout_s=cfg.timeout_s)
     from aloe_ray.engines.hf import HFEngine
 
     return HFEngine(path, model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,

@@ -1,0 +1,108 @@
+"""The vllm Serve app (ray.serve.llm behind serving/guard.py) on the bundled model, through real
+HTTP and the official openai client. Opt-in and slow like test_vllm_engine_slow.py (ALOE_SLOW=1,
+an environment where vLLM imports: scripts/vllm_cpu_env.sh). A real local Ray with the machine's
+2 CPUs: the app's logical resources must fit there (serving/llm_app.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import httpx
+import pytest
+
+from conftest import free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("ALOE_SLOW") != "1", reason="opt-in: set ALOE_SLOW=1"),
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed here"),
+]
+
+KEY = "vllm-test-key"
+ARGS = {"model": "smollm2-135m", "served_model_name": "aloe-vllm", "backend": "vllm", "num_cpus": 1,
+        "gpu_memory_utilization": 0.3,
+        "api_key_env": "ALOE_VLLM_TEST_KEY", "max_model_len": 2048, "max_tokens_limit": 600,
+        "default_max_tokens": 16, "max_body_bytes": 4096, "request_timeout_s": 8}
+
+
+@pytest.fixture(scope="module")
+def server():
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    os.environ[ARGS["api_key_env"]] = KEY  # replicas inherit the environment of the Ray instance
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aloe-vllm-serve-test",
+             log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = time.monotonic()
+    serve.run(build_app(ARGS), name="aloe-vllm", route_prefix="/")
+    print(f"MEASURE vllm Serve app ready in {time.monotonic() - started:.1f}s")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def client(url, key=KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_openai_client_chats_and_streams(server):
+    c = client(server)
+    assert "aloe-vllm" in [m.id for m in c.models.list().data]
+    ask = dict(model="aloe-vllm", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
+    started = time.monotonic()
+    resp = c.chat.completions.create(**ask)
+    print(f"MEASURE one 8-token chat {time.monotonic() - started:.2f}s")
+    text = resp.choices[0].message.content
+    assert text and 0 < resp.usage.completion_tokens <= 8
+    chunks = list(c.chat.completions.create(**ask, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+
+
+def test_without_the_key_every_route_is_401(server):
+    from openai import AuthenticationError
+
+    for key in ("wrong-key", ""):
+        with pytest.raises(AuthenticationError):
+            client(server, key or "x").chat.completions.create(
+                model="aloe-vllm", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    for path in ("/v1/models", "/v1/models/aloe-vllm"):
+        r = httpx.get(server + path)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(server + "/v1/chat/completions", content=b"not json")  # auth before anything else
+    assert r.status_code == 401
+
+
+def test_request_limits_hold(server):
+    auth = {"authorization": f"Bearer {KEY}"}
+    msg = [{"role": "user", "content": "Tell me a story."}]
+    r = httpx.post(server + "/v1/chat/completions", headers=auth,
+                   json={"model": "aloe-vllm", "messages": [{"role": "user", "content": "x" * 5000}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(server + "/v1/chat/completions", headers=auth,
+                   json={"model": "aloe-vllm", "messages": msg, "max_tokens": 601})
+    assert r.status_code == 400 and "limit of 600" in r.json()["error"]["message"]
+    r = httpx.post(server + "/v1/chat/completions", headers=auth, timeout=60,
+                   json={"model": "aloe-vllm", "messages": msg, "temperature": 0.0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= ARGS["default_max_tokens"]
+
+
+def test_a_request_past_the_timeout_gets_504(server):
+    auth = {"authorization": f"Bearer {KEY}"}
+    body = {"model": "aloe-vllm", "messages": [{"role": "user", "content": "Write a very long essay."}],
+            "max_tokens": 580, "temperature": 0.0, "ignore_eos": True}
+    r = httpx.post(server + "/v1/chat/completions", headers=auth, json=body, timeout=60)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    with httpx.stream("POST", server + "/v1/chat/completions", headers=auth, json={**body, "stream": True},
+                      timeout=60) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200
+    assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "timeout"
