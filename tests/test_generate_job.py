@@ -147,16 +147,17 @@ def test_killed_driver_rerun_is_exactly_once(tmp_path):
                             stderr=subprocess.DEVNULL)
     trees_dir = tmp_path / "data" / "killed" / "trees"
     deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and not list(trees_dir.glob("*.parquet")):
+    # committed parts only: pathlib's glob also matches the hidden temporary file of a write in progress
+    while time.monotonic() < deadline and not list(trees_dir.glob("part-*.parquet")):
         assert proc.poll() is None, "job ended before it could be killed"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and what runs in its process group
     proc.wait()
-    committed = len(list(trees_dir.glob("*.parquet")))
+    committed = len(list(trees_dir.glob("part-*.parquet")))
     assert 1 <= committed < 4
     # an orphan a crash could leave: nodes written, trees part (the commit) not
     orphan = tmp_path / "data" / "killed" / "nodes" / "part-orphan.parquet"
-    orphan.write_bytes(next((tmp_path / "data" / "killed" / "nodes").glob("*.parquet")).read_bytes())
+    orphan.write_bytes(next((tmp_path / "data" / "killed" / "nodes").glob("part-*.parquet")).read_bytes())
 
     rerun = run_job(*args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
