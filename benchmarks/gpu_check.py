@@ -63,8 +63,10 @@ def main() -> None:
     c = manifest["counts"]
     print(f"[2] tree job on vllm: {c['trees_ok']}/{c['trees_requested']} trees ok, {c['nodes']} nodes, "
           f"{c['completion_tokens'] / manifest['timing']['grow_s']:.0f} tok/s")
-    held = {"trees": c["trees_ok"] == args.trees}
-    del engine
+    probs = judge.choice_probs or []
+    held = {"trees": c["trees_ok"] == args.trees, "seeded": outs[0].text == outs[1].text,
+            "judge_probs_all_choices": len(probs) == 2 and all(p > 0 for p in probs) and abs(sum(probs) - 1) < 1e-3}
+    engine = None  # free the in-process engine's GPU memory before training
     torch.cuda.empty_cache()
 
     from aloe_ray.config import load_config

@@ -19,7 +19,6 @@ from aloe_ray import storage
 from aloe_ray.eval.rollout import RolloutResult
 from aloe_ray.pipeline.run_root import RunRoot, rewrite_part
 from aloe_ray.schema import EVAL_ROLLOUTS, EVAL_TURNS
-from aloe_ray.storage import S3Options
 from aloe_ray.trees.spec import stable_id
 
 SCHEMAS = {"turns": EVAL_TURNS, "rollouts": EVAL_ROLLOUTS}
