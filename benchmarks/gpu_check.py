@@ -2,11 +2,14 @@
 
 Exercises the real GPU paths and prints what held:
   1. the vllm engine backend in-process (generation, per-request seeds, constrained judge);
-  2. the tree job with every role on a vllm engine actor (num_gpus=1), a few short trees;
+  2. the tree job with every role on a vllm engine deployment (num_gpus=1), a few short trees;
   3. jobs/train_sft on those trees: Ray Train with use_gpu=True, LoRA, bf16, a few steps (DDP
      over nccl with 2 workers when 2+ GPUs are visible; a single rank otherwise);
   4. jobs/train_dpo from the SFT output, likewise;
-  5. the DPO model's merged folder loads and generates in the vllm engine.
+  5. the DPO model's merged folder loads and generates in the vllm engine;
+  6. the Serve app on ray.serve.llm (backend vllm) with the SFT model as base and the DPO LoRA
+     adapter multiplexed, through real HTTP and the openai client: base and adapter answer, and
+     a constrained judge answer returns a probability for both choices.
 
     python benchmarks/gpu_check.py [--model smollm2-135m] [--trees 4] [--steps 4]
 """
@@ -95,8 +98,47 @@ def main() -> None:
                                                    Sampling(0.0, 1.0, 24, 0))]))
     held["vllm_loads_trained"] = bool(reply.text)
     print(f"[5] vllm on the DPO model: {reply.text!r}")
+    tuned.engine.shutdown()
+    del tuned
+    torch.cuda.empty_cache()
+    held.update(serve_llm_check(sft["model"]["merged"], dpo["model"].get("adapter")))
     print("held:", held)
     print("GPU CHECK", "PASSED" if all(held.values()) else "FAILED")
+
+
+def serve_llm_check(base: str, adapter: str | None) -> dict:
+    """[6] the vllm Serve app with the adapter, on loopback."""
+    import os
+
+    import ray
+    from openai import OpenAI
+    from ray import serve
+
+    from serving.app import build_app
+
+    if adapter is None:
+        print("[6] no LoRA adapter was written: skipped")
+        return {"serve_llm_lora": False}
+    os.environ["ALOE_GPU_CHECK_KEY"] = "gpu-check"
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+    started = time.monotonic()
+    serve.run(build_app({"backend": "vllm", "model": base, "served_model_name": "sft", "num_gpus": 1,
+                         "gpu_memory_utilization": 0.3, "api_key_env": "ALOE_GPU_CHECK_KEY",
+                         "adapters": [{"name": "dpo", "path": adapter}]}), name="aloe", route_prefix="/")
+    client = OpenAI(base_url="http://127.0.0.1:8123/v1", api_key="gpu-check", timeout=120)
+    ask = [{"role": "user", "content": "Any tips for a rainy day?"}]
+    replies = {m: client.chat.completions.create(model=m, messages=ask, max_tokens=24, temperature=0.0)
+               .choices[0].message.content for m in ("sft", "sft:dpo")}
+    judge = client.chat.completions.create(
+        model="sft", messages=[{"role": "user", "content": "A or B?"}], max_tokens=1, logprobs=True, top_logprobs=2,
+        extra_body={"structured_outputs": {"choice": ["A", "B"]}})
+    top = judge.choices[0].logprobs.content[0].top_logprobs if judge.choices[0].logprobs else []
+    print(f"[6] ray.serve.llm app up in {time.monotonic() - started:.0f}s; replies {replies}; "
+          f"judge {judge.choices[0].message.content} logprobs {[(t.token, t.logprob) for t in top]}")
+    serve.shutdown()
+    return {"serve_llm_lora": all(replies.values()),
+            "serve_llm_judge_probs": {t.token for t in top} == {"A", "B"}}
 
 
 if __name__ == "__main__":

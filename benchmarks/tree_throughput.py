@@ -1,7 +1,7 @@
 """Tree-generation throughput: this pipeline vs the reference implementation's structure.
 
 Grows the same trees (same personas, seeds, bundled model, hf backend) two ways in one run:
-  (a) the pipeline: Ray Data, trees grown concurrently against a shared, batching engine actor;
+  (a) the pipeline: Ray Data, trees grown concurrently against a shared, batching engine deployment;
   (b) the reference structure: one tree after another, one request at a time.
 Per-request seeds make both produce the same trees, which the script checks.
 

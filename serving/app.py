@@ -1,23 +1,25 @@
 """The Serve application: `serve run serving/config.yaml`, `serve deploy`, or a RayService with
 `import_path: serving.app:build_app`.
 
-Routes: POST /v1/chat/completions (streaming token by token, or not), GET /v1/models, GET /health.
+Routes: POST /v1/chat/completions (streaming token by token, or not; `structured_outputs.choice`,
+vLLM's extension, constrains the reply to one of its strings and is the one request that returns
+`logprobs`), GET /v1/models, GET /health.
 Every failure answers with an OpenAI-shaped error body (serving/errors.py). A request past
 `request_timeout_s` gets 504 (an error event once its stream has started) and stops decoding.
 The interactive evaluation page is at GET / and its API under /interactive (serving/interactive.py);
 both are documented at /docs.
-CPU (backend hf): our deployment around the hf engine; each replica loads the base model and
-one merged copy per LoRA adapter, and batches concurrent requests inside its engine. GPU (backend
-vllm): ray.serve.llm's OpenAI app with LoRA multiplexing (serving/llm_app.py). The request's model
-name selects the base model or an adapter either way, and the same bearer auth and request limits
-hold on both (serving/guard.py).
+CPU (backend hf): `ChatServer`, an ingress without weights (0 CPUs, one replica) in front of the
+engine deployment every job uses too (aloe_ray/engines/deployment.py: EngineServer, autoscaled
+between min_replicas and max_replicas); each engine replica loads the base model and one merged
+copy per LoRA adapter, and batches concurrent requests. GPU (backend vllm): ray.serve.llm's
+OpenAI app with LoRA multiplexing (serving/llm_app.py). The request's model name selects the
+base model or an adapter either way, and the same bearer auth and request limits hold on both
+(serving/guard.py).
 """
 
 
 import asyncio
 import json
-import logging
-import os
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,45 +27,35 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 
+from aloe_ray.config.engines import EngineConfig
+from aloe_ray.engines.deployment import EngineServer
+from aloe_ray.engines.deployment import deployment_options as engine_deployment_options
 from serving import interactive
 from serving.config import ServeArgs, ServeBackend
 from serving.errors import error_response, install_error_handlers, internal_error
 from serving.guard import Guard, RequestLimits
-from serving.openai_api import APIError, ChatCompletionRequest, ChunkWriter, completion_body
+from serving.openai_api import APIError, ChatCompletionRequest, ChunkWriter, choice_logprobs, completion_body
 
 api = FastAPI(title="aloe-ray", docs_url="/docs", redoc_url=None)
 install_error_handlers(api)
 interactive.mount(api)
 
 
-def adapter_base(merged_folder: str) -> str | None:
-    """The base a merged adapter folder records (resolve_adapter copies adapter_config.json's
-    `base_model_name_or_path` into `aloe_adapter_base.txt`), if known."""
-    path = os.path.join(merged_folder, "aloe_adapter_base.txt")
-    return open(path).read().strip() if os.path.exists(path) else None
+INGRESS_OPTIONS = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+"""The ingress holds no weights; one replica keeps the interactive sessions in one place."""
 
 
 @serve.deployment
 @serve.ingress(api)
 class ChatServer:
-    def __init__(self, args: dict) -> None:
-        from aloe_ray.engines.hf import HFEngine
-        from aloe_ray.engines.models import resolve_adapter, resolve_model
+    def __init__(self, args: dict, engine) -> None:
+        from aloe_ray.engines.deployment import ServedEngine
 
         self.args = ServeArgs.model_validate(args)
         self.guard = Guard(RequestLimits.of(self.args))
-        base = resolve_model(self.args.model)
-        folders = {self.args.name: base}
-        for a in self.args.adapters:
-            folders[a.name] = resolve_adapter(base, a.path)
-            trained_on = adapter_base(folders[a.name])
-            if trained_on and trained_on not in (self.args.model, os.path.abspath(self.args.model)):
-                logging.getLogger("ray.serve").warning(
-                    "adapter %s was trained on %s but is served on %s: its replies come from a model it "
-                    "was not trained for", a.name, trained_on, self.args.model)
-        self.engines = {name: HFEngine(path, model_name=name, max_batch_size=self.args.max_batch_size,
-                                       dtype=self.args.dtype)
-                        for name, path in folders.items()}
+        ctx = serve.get_replica_context()
+        base = ServedEngine("serve", ctx.app_name if ctx else "", self.args.name, handle=engine)
+        self.engines = {self.args.name: base, **{a.name: base.for_adapter(a.name, a.name) for a in self.args.adapters}}
         self.interactive = (interactive.InteractiveService(self.args, self.engines)
                             if self.args.interactive.enabled else None)
 
@@ -73,12 +65,12 @@ class ChatServer:
 
     @api.get("/health")
     async def health(self) -> dict:
-        import psutil
-
-        keys = ("running", "cancelled", "requests", "generated_tokens", "batch_width")
+        """The engine replica that answers: its process, and each model's live counters."""
+        stats = await self.engines[self.args.name].stats()
+        names = {"": self.args.name}
         return {"status": "ok", "models": list(self.engines),
-                "replica": {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss},
-                "engines": {name: {k: e.stats.as_dict()[k] for k in keys} for name, e in self.engines.items()}}
+                "replica": {"pid": stats["pid"], "rss_bytes": stats["rss_bytes"], "id": stats["replica"]},
+                "engines": {names.get(k, k): v for k, v in stats["models"].items()}}
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -119,7 +111,7 @@ class ChatServer:
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"])
-            raise APIError(400, f"{param}: {first['msg']}", param=param) from None
+            raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param or None) from None
         if req.model not in self.engines:
             raise APIError(404, f"model '{req.model}' not found; available: {sorted(self.engines)}",
                            code="model_not_found", param="model")
@@ -130,7 +122,8 @@ class ChatServer:
         from aloe_ray.engines.base import ChatRequest, PromptTooLong, Sampling
 
         max_tokens = req.max_completion_tokens or req.max_tokens or self.args.default_max_tokens
-        chat = ChatRequest(messages=tuple(m.as_message() for m in req.messages),
+        choices = tuple(req.structured_outputs.choice) if req.structured_outputs else None
+        chat = ChatRequest(messages=tuple(m.as_message() for m in req.messages), choices=choices,
                            sampling=Sampling(req.temperature, req.top_p, max_tokens, req.seed, req.stop_strings()))
         engine = self.engines[req.model]
         try:
@@ -141,7 +134,13 @@ class ChatServer:
             raise self._timeout() from None
         except PromptTooLong as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
+        except ValueError as exc:
+            if choices is None:
+                raise
+            raise APIError(400, str(exc), param="structured_outputs.choice") from None
+        logprobs = choice_logprobs(choices, out.choice_probs, req.top_logprobs) if choices and req.logprobs else None
+        return completion_body(req.model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens,
+                               logprobs)
 
     def _timeout(self) -> APIError:
         return self.guard.timeout_error()
@@ -183,15 +182,25 @@ class ChatServer:
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
+def engine_config(args: ServeArgs) -> EngineConfig:
+    """The engine deployment behind the CPU app, from the app's args."""
+    return EngineConfig(backend="hf", model=args.model, replicas=max(args.min_replicas, 1),
+                        max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
+                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_concurrency=args.max_ongoing_requests,
+                        max_batch_size=args.max_batch_size, dtype=args.dtype,
+                        max_input_tokens=args.max_input_tokens, timeout_s=args.request_timeout_s,
+                        adapters={a.name: a.path for a in args.adapters})
+
+
 def deployment_options(args: ServeArgs) -> dict:
-    return {
-        "autoscaling_config": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
-                               "initial_replicas": max(args.min_replicas, 1),
-                               "target_ongoing_requests": args.target_ongoing_requests},
-        "max_ongoing_requests": args.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
-                              "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}},
-    }
+    """The engine deployment's Serve options: autoscaled between min_replicas (0 allowed: scale
+    to zero) and max_replicas."""
+    opts = engine_deployment_options(engine_config(args))
+    opts.pop("num_replicas", None)
+    opts["autoscaling_config"] = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                                  "initial_replicas": max(args.min_replicas, 1),
+                                  "target_ongoing_requests": args.target_ongoing_requests}
+    return opts
 
 
 def build_app(args: dict) -> Application:
@@ -201,4 +210,6 @@ def build_app(args: dict) -> Application:
         from serving.llm_app import build_llm_app
 
         return build_llm_app(parsed)
-    return ChatServer.options(**deployment_options(parsed)).bind(parsed.model_dump(mode="json"))
+    engine = EngineServer.options(**deployment_options(parsed)).bind(engine_config(parsed))
+    ingress = {**INGRESS_OPTIONS, "max_ongoing_requests": parsed.max_ongoing_requests * parsed.max_replicas}
+    return ChatServer.options(**ingress).bind(parsed.model_dump(mode="json"), engine)

@@ -111,6 +111,9 @@ class ServeArgs(StrictModel):
     """hf: most requests decoded together."""
     dtype: str = Field(default="auto", pattern=r"^(auto|float32|bfloat16|float16)$")
     """Weights dtype: 'auto' (float32 without a GPU, bfloat16 with one), 'float32', 'bfloat16', 'float16'."""
+    max_input_tokens: int = Field(default=2048, ge=16)
+    """hf: longest prompt; a longer chat loses its oldest non-system messages, or is refused with 400
+    context_length_exceeded (aloe_ray/engines/prompt_fit.py)."""
     max_model_len: int = Field(default=4096, ge=32)
     """vllm: longest prompt + reply one sequence holds (vLLM's max_model_len)."""
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)

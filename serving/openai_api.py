@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TextPart(BaseModel):
@@ -41,6 +42,19 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's extension for constrained output; here only `choice`: the reply is one of these strings."""
+    model_config = ConfigDict(extra="forbid")
+    choice: list[str] = Field(min_length=2, max_length=64)
+
+    @field_validator("choice")
+    @classmethod
+    def _non_empty(cls, value):
+        if any(not c for c in value):
+            raise ValueError("choices must be non-empty strings")
+        return value
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
     model: str
@@ -54,6 +68,17 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    structured_outputs: StructuredOutputs | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _logprobs_of_choices_only(self):
+        if self.structured_outputs is not None and self.stream:
+            raise ValueError("structured_outputs: not supported with stream")
+        if (self.logprobs or self.top_logprobs) and self.structured_outputs is None:
+            raise ValueError("logprobs: this server returns logprobs only for structured_outputs.choice requests")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -82,14 +107,27 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_body(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def choice_logprobs(choices: tuple[str, ...], probs: list[float], top: int | None) -> dict:
+    """A constrained answer's logprobs: one step, the chosen string, and the `top` most likely
+    choices, each with its log probability under the constraint (the probabilities sum to 1)."""
+    ranked = sorted(zip(choices, probs), key=lambda cp: -cp[1])
+
+    def entry(choice: str, p: float) -> dict:
+        return {"token": choice, "logprob": math.log(p) if p > 0 else -9999.0, "bytes": list(choice.encode())}
+
+    return {"content": [{**entry(*ranked[0]), "top_logprobs": [entry(c, p) for c, p in ranked[:top or 0]]}],
+            "refusal": None}
+
+
+def completion_body(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+                    logprobs: dict | None = None) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish(finish_reason), "logprobs": None}],
+                     "finish_reason": finish(finish_reason), "logprobs": logprobs}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 

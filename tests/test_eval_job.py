@@ -1,6 +1,6 @@
 """The ALOE benchmark job end to end: jobs/eval_aloe.py rolls out 2 personas x 2 turns against the
 real Serve app (the model under test, over real HTTP, through the `openai` backend) with the
-bundled model as simulator and judge (hf engine actor), writes to a real S3 server (moto), resumes,
+bundled model as simulator and judge (hf engine deployment), writes to a real S3 server (moto), resumes,
 and compares."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def serve_and_s3(s3_server):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="aloe-eval")
-    # 4 logical CPUs on the 2-core machine: one Serve replica, one engine actor, the light runner
+    # 4 logical CPUs on the 2-core machine: one Serve replica, one engine replica, the light runner
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="aloe-eval-test", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

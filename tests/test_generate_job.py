@@ -200,31 +200,32 @@ def test_ray_job_submit_to_s3(ray_cluster, s3_bucket, s3_env):
 
 
 KILL_ENGINE = """
-import sys, time, ray
+import os, signal, sys, time, ray
 ray.init(address=sys.argv[1], namespace="aloe-ray", log_to_driver=False)
 deadline = time.monotonic() + 400
-while True:
+while True:  # the engine replica reports to the run's stats board once it has served a call
     try:
-        actor = ray.get_actor(sys.argv[2], namespace="aloe-ray")
-        break
+        replicas = ray.get(ray.get_actor(sys.argv[2], namespace="aloe-ray").snapshot.remote())
+        if replicas:
+            break
     except ValueError:
-        assert time.monotonic() < deadline, "engine actor never appeared"
-        time.sleep(0.5)
-ray.get(actor.ready.remote())
+        pass
+    assert time.monotonic() < deadline, "engine replica never reported"
+    time.sleep(0.5)
 time.sleep(float(sys.argv[3]))  # let trees get going, then pull the engine out from under them
-ray.kill(actor, no_restart=False)
+os.kill(replicas[0]["pid"], signal.SIGKILL)
 print("killed", flush=True)
 """
 
 
-def test_killed_engine_actor_run_and_rerun_are_exactly_once(ray_cluster, tmp_path):
+def test_killed_engine_replica_run_and_rerun_are_exactly_once(ray_cluster, tmp_path):
     out_dir = str(tmp_path / "data")
     args = [f"--output={out_dir}", "--run_id=actorkill", "--num_trees=4", "--pipeline.trees_per_part=1",
             f"--ray.address={ray_cluster['address']}"]
     proc = subprocess.Popen(job_cmd(*args), cwd=REPO, env=ray_cluster["env"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     killer = subprocess.run([sys.executable, "-c", KILL_ENGINE, ray_cluster["address"],
-                             "aloe-engine.actorkill.default.0", "6"],
+                             "aloe-engine.actorkill.stats", "6"],
                             env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
     assert "killed" in killer.stdout, killer.stderr[-3000:]
     out, _ = proc.communicate(timeout=600)

@@ -138,7 +138,7 @@ def test_local_run_resume_and_tree_job_reads_personas(tmp_path):
     before = out.read("personas")
     third = run_job(f"--output={out_dir}", "--run_id=local", "--profiles.max_rounds=2", "--personalities.max_rounds=2")
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "3 round(s) already committed" in third.stdout and "starting engine pool" not in third.stdout
+    assert "3 round(s) already committed" in third.stdout and "starting engine" not in third.stdout
     assert out.read("personas").equals(before)
 
 
@@ -151,7 +151,7 @@ def test_reference_jsonl_seeds_and_benchmark_files(tmp_path):
                    f"--benchmark.personalities_file={REFERENCE / 'personality_eval.jsonl'}",
                    "--benchmark.profiles=20", "--benchmark.personalities=5", "--pairing.per_profile=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "331 seed profiles, 71 seed personalities" in proc.stdout and "starting engine pool" not in proc.stdout
+    assert "331 seed profiles, 71 seed personalities" in proc.stdout and "starting engine" not in proc.stdout
     out = PoolOutput(str(tmp_path), "ref")
     assert out.read("profiles").num_rows == 331 and out.read("personalities").num_rows == 71
     personas = out.read("personas")
@@ -315,4 +315,4 @@ def test_ray_job_submit_to_s3_and_resume(ray_cluster, s3_bucket, s3_env):
     again = run_job(f"--output={output}", "--run_id=submitted", "--profiles.max_rounds=1",
                     "--personalities.max_rounds=1", f"--ray.address={ray_cluster['address']}", env=ray_cluster["env"])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 round(s) already committed" in again.stdout and "starting engine pool" not in again.stdout
+    assert "2 round(s) already committed" in again.stdout and "starting engine" not in again.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter, TreeTally
+from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TreeTally
 
 
 def test_tally_counts_started_trees_and_live_turns_once_and_the_board_sums_growers():
@@ -26,12 +26,15 @@ def test_tally_counts_started_trees_and_live_turns_once_and_the_board_sums_growe
     assert board.snapshot() == {"started": 8, "finished": 4, "turns": 4}
 
 
-def test_token_counter_survives_actor_restarts():
-    counter = TokenCounter(2)
-    assert counter.update([100, 50]) == 0  # served before this run
-    assert counter.update([130, 60]) == 40
-    assert counter.update([5, 70]) == 30 + 5 + 20  # actor 0 restarted at 0: its 30 are kept
-    assert counter.update([15, 70]) == 30 + 15 + 20
+def test_stats_board_keeps_what_dead_replicas_served():
+    from aloe_ray.engines.deployment import EngineStatsBoard
+
+    board = EngineStatsBoard()
+    board.report("r1", {"app": "a", "served_tokens": 30})
+    board.report("r2", {"app": "a", "served_tokens": 20})
+    board.report("r1", {"app": "a", "served_tokens": 45})  # a later report replaces the earlier
+    board.report("r3", {"app": "a", "served_tokens": 5})  # r1's replacement starts at 0; r1's 45 stay
+    assert sorted(s["served_tokens"] for s in board.snapshot()) == [5, 20, 45]
 
 
 def test_heartbeat_line_shows_in_flight_turns_tokens_and_eta():

@@ -74,7 +74,7 @@ def test_the_job_refuses_a_held_run_and_changed_settings_before_ray_starts(tmp_p
     changed = _job(f"--output={tmp_path}", "--run_id=r", "--tree.max_turns=5", "--roles.judge.sampling.temperature=0.5")
     assert changed.returncode == 2, changed.stderr[-2000:]
     assert "was grown with other settings (roles.judge.sampling.temperature, tree.max_turns differ)" in changed.stderr
-    assert "starting engine pools" not in changed.stdout  # refused before Ray started
+    assert "starting engines" not in changed.stdout  # refused before Ray started
     # what only decides how far a run goes may change
     more = load_config(GenerateTreesConfig, ["--run_id=r", "--num_trees=400", "--pipeline.grower_actors=3"])
     assert tree_settings(more) == tree_settings(cfg)
@@ -128,7 +128,7 @@ def test_growers_and_trees_in_flight_are_sized_to_the_cluster_and_the_engines():
     hf = {"default": EngineConfig(num_cpus=1)}
     api = {"api": EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")}
     p = PipelineConfig()  # 4 trees a part
-    assert grow_sizing(p, 2, hf, trees=40).growers == 1  # the engine actor holds one of two CPUs
+    assert grow_sizing(p, 2, hf, trees=40).growers == 1  # the engine replica holds one of two CPUs
     assert grow_sizing(p, 2, api, trees=40).growers == 2  # a remote endpoint: both cores grow trees
     assert grow_sizing(p, 64, {"e": EngineConfig(num_cpus=8, replicas=4)}, trees=400).growers == 32
     assert grow_sizing(p, 16, api, trees=12).growers == 3  # never more actors than parts

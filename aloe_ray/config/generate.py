@@ -71,7 +71,7 @@ def _sampling(temperature: float, max_tokens: int) -> SamplingConfig:
 
 
 class RolesConfig(StrictModel):
-    """The four model roles of tree growth; each names its engine pool."""
+    """The four model roles of tree growth; each names its engine."""
 
     simulator: RoleConfig = Field(default_factory=lambda: RoleConfig(sampling=_sampling(0.9, 96)))
     """The user simulator: role-plays the persona and writes the user's messages (one to three
@@ -101,7 +101,7 @@ class PipelineConfig(StrictModel):
     grower_actors: int | None = Field(default=None, ge=1)
     """Ray Data actors that grow trees (async: they wait on the engines, but each costs ~2.5 ms of
     CPU per LLM call in its HTTP client and bookkeeping). Default: sized to the cluster, one per
-    CPU left over after the engine actors' reservations (at least 1, at most one per batch)."""
+    CPU left over after the engine replicas' reservations (at least 1, at most one per batch)."""
 
     trees_in_flight: int | None = Field(default=None, ge=1)
     """Trees growing at once over all growers (each grower holds its share). Default: what the
@@ -183,7 +183,7 @@ class GenerateTreesConfig(StrictModel):
     """Where Ray runs."""
 
     def used_engines(self) -> dict[str, EngineConfig]:
-        """The engine pools some role refers to (only these are started)."""
+        """The engines some role refers to (only these are started)."""
         names = {getattr(self.roles, role).engine for role in RolesConfig.model_fields}
         return {name: cfg for name, cfg in self.engines.items() if name in names}
 

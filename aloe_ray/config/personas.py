@@ -215,7 +215,7 @@ class GeneratePersonasConfig(StrictModel):
 
     generator: RoleConfig = Field(default_factory=lambda: RoleConfig(
         sampling=SamplingConfig(temperature=0.8, top_p=0.95, max_tokens=4096)))
-    """The model role that writes new pool members; names its engine pool. Its `sampling.max_tokens`
+    """The model role that writes new pool members; names its engine. Its `sampling.max_tokens`
     is a ceiling: each request asks for `new_per_request x tokens_per_item + 64` tokens of its kind,
     and a config whose requests would not fit under it is refused."""
 

@@ -1,10 +1,10 @@
-"""Build an in-process engine from its config (used inside engine actors and by tests)."""
+"""Build an in-process engine from its config (inside engine replicas, engines/deployment.py, and by tests)."""
 
 from __future__ import annotations
 
 from aloe_ray.config.engines import EngineBackend, EngineConfig
 from aloe_ray.engines.base import ChatEngine
-from aloe_ray.engines.models import resolve_model
+from aloe_ray.engines.models import check_model_spec, resolve_model
 from aloe_ray.storage import S3Options
 
 
@@ -29,4 +29,11 @@ def build_engine(cfg: EngineConfig, s3: S3Options | None = None) -> ChatEngine:
     return HFEngine(path, model_name=cfg.model, device=cfg.device, dtype=cfg.dtype,
                     max_batch_size=cfg.max_batch_size, batch_wait_ms=cfg.batch_wait_ms,
                     max_input_tokens=cfg.max_input_tokens, torch_threads=cfg.torch_threads,
-                    prefix_cache_entries=cfg.prefix_cache_entries)
+                    prefix_cache_entries=cfg.prefix_cache_entries, timeout_s=cfg.timeout_s)
+
+
+def check_engine(cfg: EngineConfig) -> None:
+    """Fail fast, before Ray starts, on an engine whose model cannot resolve on this machine
+    (an openai endpoint or an attached Serve app brings its own)."""
+    if cfg.backend != EngineBackend.openai and not cfg.serve_app:
+        check_model_spec(cfg.model)

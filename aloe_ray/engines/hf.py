@@ -10,7 +10,9 @@ history. A finished request is answered at once; a cancelled one (its caller's f
 e.g. by a timeout, or its stream closed) leaves the batch at the next step. `stream()` yields text
 as it is decoded. Each row samples with its own seeded generator, so a request's output does not
 depend on which others share its batch. On CPU all engines of a process share one thread budget:
-torch's intra-op threads are set once, and one forward pass runs at a time.
+torch's intra-op threads are set once, and one forward pass runs at a time. With `timeout_s`, a
+`chat` call whose requests have not all finished that long after the call (queueing included)
+raises EngineTimeout, and its requests leave the batch as cancelled ones do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aloe_ray.engines.base import ChatRequest, Completion
+from aloe_ray.engines.base import ChatRequest, Completion, EngineError, EngineTimeout
 from aloe_ray.engines.hf_batch import DecodeBatch
 from aloe_ray.engines.prefix_cache import PrefixCache
 from aloe_ray.engines.prompt_fit import fit_messages
@@ -34,6 +36,9 @@ from aloe_ray.engines.row_sampling import row_generator, sample_token
 
 log = logging.getLogger(__name__)
 
+STALL_S = 300.0
+"""check_health fails an engine with work waiting and no decode step for this long (one step of
+a small model takes well under a second; a step of a large one seconds)."""
 _CPU_FORWARD = threading.Lock()  # one CPU forward pass at a time per process: no oversubscription
 _cpu_threads: int | None = None
 _cpu_threads_lock = threading.Lock()
@@ -142,6 +147,7 @@ class HFEngine:
         max_input_tokens: int = 2048,
         torch_threads: int | None = None,
         prefix_cache_entries: int = 64,
+        timeout_s: float | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -162,6 +168,7 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
         self.max_input_tokens = max_input_tokens
+        self.timeout_s = timeout_s
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
@@ -173,12 +180,28 @@ class HFEngine:
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._beat = time.monotonic()  # the decode loop's last sign of life
+
+    def check_health(self) -> None:
+        """Raises when the decode loop has died, or has work and made no step for STALL_S."""
+        if self._worker is not None and not self._worker.is_alive():
+            raise EngineError("hf engine: the decode thread has died")
+        busy = self.stats.running > 0 or not self._queue.empty()
+        if busy and time.monotonic() - self._beat > STALL_S:
+            raise EngineError(f"hf engine: work waiting and no decode step for {STALL_S:.0f}s")
 
     async def chat(self, requests: Sequence[ChatRequest], affinity: str | None = None) -> list[Completion]:
         loop = asyncio.get_running_loop()
         pending = [_Pending(r, affinity, loop.create_future(), loop) for r in requests]
         self._submit(pending)
-        return list(await asyncio.gather(*(p.future for p in pending)))
+        deadline = asyncio.timeout(self.timeout_s)  # None: no deadline
+        try:
+            async with deadline:
+                return list(await asyncio.gather(*(p.future for p in pending)))
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise EngineTimeout(f"hf request took longer than {self.timeout_s}s; stopped") from None
 
     async def stream(self, request: ChatRequest, affinity: str | None = None) -> AsyncIterator[str | Completion]:
         """Text deltas as the reply decodes, then its Completion (whose text the deltas add up to).
@@ -210,6 +233,7 @@ class HFEngine:
 
     def _work(self) -> None:
         while True:
+            self._beat = time.monotonic()
             first = self._queue.get()
             time.sleep(self.batch_wait_s)  # let a burst of concurrent requests arrive together
             self.stats.batches += 1
@@ -232,7 +256,7 @@ class HFEngine:
         try:
             with torch.inference_mode():
                 while True:
-                    started = time.monotonic()
+                    started = self._beat = time.monotonic()
                     self._admit(batch, arrivals)
                     arrivals = []
                     if batch:

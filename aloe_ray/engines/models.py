@@ -152,3 +152,10 @@ def resolve_adapter(base_folder: str, adapter: str, s3: S3Options | None = None)
         (tmp / "aloe_adapter_base.txt").write_text(str(trained_on or ""))
 
     return str(_once(cache_dir() / f"merged-{key}", merge))
+
+
+def adapter_base(merged_folder: str) -> str | None:
+    """The base a merged adapter folder records (resolve_adapter copies adapter_config.json's
+    `base_model_name_or_path` into `aloe_adapter_base.txt`), if known."""
+    path = Path(merged_folder) / "aloe_adapter_base.txt"
+    return path.read_text().strip() if path.exists() else None

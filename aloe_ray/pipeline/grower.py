@@ -1,7 +1,7 @@
 """The Ray Data stage that grows trees: an async callable class; a batch is a list of tree
 positions in the run's `TreePlan`.
 
-Each actor holds engine clients (handles of the shared engine pools: no weights here) and grows
+Each actor holds engine clients (clients of the shared engine deployments: no weights here) and grows
 trees as asyncio tasks, at most `trees_in_flight` at once over all the batches it holds (Ray
 Data hands it several): a slot freed by a finished tree goes to the next waiting tree at once,
 so no batch's slowest tree idles the others' concurrency. A batch's trees are committed in

@@ -1,4 +1,4 @@
-"""Ray Data stages of persona-pool generation: ask the engine pool for new members (async, many
+"""Ray Data stages of persona-pool generation: ask the engine for new members (async, many
 requests in flight), then embed the candidates that passed the filters (an actor pool that loads
 the sentence-embedding model once; GPU when configured)."""
 

@@ -1,5 +1,5 @@
 """Persona-pool generation end to end: validate inputs, commit the seeds as round 0, run
-self-generation rounds (Ray Data over the engine pool, embeddings in an actor pool, dedup on the
+self-generation rounds (Ray Data over the engine deployment, embeddings in an actor pool, dedup on the
 driver) until every kind stops, then hold out the benchmark, pair, and write the manifest."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 
 from aloe_ray.config import GeneratePersonasConfig, save_config
-from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.dedup import max_similarity, similarity_histogram
 from aloe_ray.personas.embed import resolve_embedder
 from aloe_ray.personas.filters import CandidateFilter
@@ -89,7 +88,7 @@ def load_benchmark_files(cfg: GeneratePersonasConfig, s3: S3Options) -> dict[str
 
 def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
     """Everything that can be wrong with the inputs, before Ray starts or any model loads."""
-    from aloe_ray.engines.models import check_model_spec
+    from aloe_ray.engines.factory import check_engine
 
     seeds, label = load_seed_pool(cfg, s3)
     bench = load_benchmark_files(cfg, s3)
@@ -99,8 +98,7 @@ def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
                 raise PersonaFileError(f"benchmark.{POOL_TABLES[kind]}={count} would hold out all {len(seeds[kind])} "
                                        f"seed {POOL_TABLES[kind]}: lower it or add seeds")
     engine = cfg.engines[cfg.generator.engine]
-    if engine.backend != EngineBackend.openai:
-        check_model_spec(engine.model)
+    check_engine(engine)
     resolve_embedder(cfg.embedding.model)
     return seeds, label, bench
 
@@ -144,35 +142,35 @@ def run_persona_pool(cfg: GeneratePersonasConfig, log: Callable[[str], None] = p
         f"personalities ({seed_label}); {len(committed)} round(s) already committed -> {out.root}")
     if removed:
         log(f"[personas] recovery: removed {removed} uncommitted pool part(s)")
-    runner = _RayRunner(cfg, s3, log)
-    timing = {"generate_s": 0.0, "dedup_s": 0.0, "embed_seeds_s": 0.0}
-    if 0 not in committed:
-        t0 = time.monotonic()
-        _commit_seeds(cfg, out, seeds, seed_label, runner)
-        timing["embed_seeds_s"] = time.monotonic() - t0
-        committed = [0]
-    pools = _load_pools(cfg, out)
-    round_ = max(committed) + 1
-    while True:
-        active = [k for k in KINDS if _stop(cfg, pools[k]) is None]
-        if not active:
-            break
-        gen_s, dedup_s = _run_round(cfg, out, pools, active, round_, runner, log)
-        timing["generate_s"] += gen_s
-        timing["dedup_s"] += dedup_s
-        round_ += 1
-    for k in KINDS:
-        log(f"[personas] {POOL_TABLES[k]}: {len(pools[k].texts)} in the pool, stopped: {_stop(cfg, pools[k])}")
-    personas, split_info = _split_and_pair(cfg, pools, bench_files, runner)
-    out.write_personas(pa.Table.from_pylist([p.to_row() for p in personas], PERSONAS))
-    manifest = _manifest(cfg, out, started, timing, split_info, personas, runner)
-    out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
-    c = manifest["counts"]
-    log(f"[personas] finished run {cfg.run_id}: {c['profiles']} profiles, {c['personalities']} personalities, "
-        f"{c['personas_train']} training + {c['personas_benchmark']} benchmark personas; "
-        f"dedup {timing['dedup_s']:.3f}s; {manifest['timing']['wall_s']:.0f}s")
-    log(f"[personas] output: {out.root}/{{profiles,personalities,rounds,personas}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
-    return manifest
+    with _RayRunner(cfg, s3, log) as runner:  # its engines stop with the run
+        timing = {"generate_s": 0.0, "dedup_s": 0.0, "embed_seeds_s": 0.0}
+        if 0 not in committed:
+            t0 = time.monotonic()
+            _commit_seeds(cfg, out, seeds, seed_label, runner)
+            timing["embed_seeds_s"] = time.monotonic() - t0
+            committed = [0]
+        pools = _load_pools(cfg, out)
+        round_ = max(committed) + 1
+        while True:
+            active = [k for k in KINDS if _stop(cfg, pools[k]) is None]
+            if not active:
+                break
+            gen_s, dedup_s = _run_round(cfg, out, pools, active, round_, runner, log)
+            timing["generate_s"] += gen_s
+            timing["dedup_s"] += dedup_s
+            round_ += 1
+        for k in KINDS:
+            log(f"[personas] {POOL_TABLES[k]}: {len(pools[k].texts)} in the pool, stopped: {_stop(cfg, pools[k])}")
+        personas, split_info = _split_and_pair(cfg, pools, bench_files, runner)
+        out.write_personas(pa.Table.from_pylist([p.to_row() for p in personas], PERSONAS))
+        manifest = _manifest(cfg, out, started, timing, split_info, personas, runner)
+        out.write_json(MANIFEST_DIR + "/manifest.json", manifest)
+        c = manifest["counts"]
+        log(f"[personas] finished run {cfg.run_id}: {c['profiles']} profiles, {c['personalities']} personalities, "
+            f"{c['personas_train']} training + {c['personas_benchmark']} benchmark personas; "
+            f"dedup {timing['dedup_s']:.3f}s; {manifest['timing']['wall_s']:.0f}s")
+        log(f"[personas] output: {out.root}/{{profiles,personalities,rounds,personas}}/  manifest: {out.file(MANIFEST_DIR + '/manifest.json')}")
+        return manifest
 
 
 def _stop(cfg: GeneratePersonasConfig, pool: KindPool) -> str | None:
@@ -335,12 +333,20 @@ def _manifest(cfg, out: PoolOutput, started: float, timing: dict, split_info: di
 
 
 class _RayRunner:
-    """Ray and the engine pool, started only when a stage needs them."""
+    """Ray and the generator engine, started only when a stage needs them (and stopped with the run)."""
 
     def __init__(self, cfg: GeneratePersonasConfig, s3: S3Options, log) -> None:
         self.cfg, self.s3, self.log = cfg, s3, log
         self.pool = None
+        self.engines = None
         self.model_name = cfg.engines[cfg.generator.engine].model
+
+    def __enter__(self) -> _RayRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.engines is not None:
+            self.engines.close()
 
     def _ray(self):
         import ray
@@ -373,13 +379,13 @@ class _RayRunner:
 
         ray = self._ray()
         if self.pool is None:
-            from aloe_ray.engines.pool import start_engine_pools
+            from aloe_ray.engines.deployment import describe_engine, start_engines
 
-            engine = self.cfg.engines[self.cfg.generator.engine]
-            self.log(f"[personas] starting engine pool {self.cfg.generator.engine} "
-                     f"({engine.backend.value}: {engine.model} x{engine.replicas})")
-            self.pool = start_engine_pools({self.cfg.generator.engine: engine}, prefix=f"aloe-persona-engine.{self.cfg.run_id}",
-                                           namespace=self.cfg.ray.namespace, s3=self.s3)[self.cfg.generator.engine]
+            name = self.cfg.generator.engine
+            self.log(f"[personas] starting engine {describe_engine(name, self.cfg.engines[name])}")
+            self.engines = start_engines({name: self.cfg.engines[name]}, prefix=f"aloe-persona-engine.{self.cfg.run_id}",
+                                         namespace=self.cfg.ray.namespace, s3=self.s3)
+            self.pool = self.engines[name]
         p = self.cfg.pipeline
         filters = {kind: candidate_filter(self.cfg, kind) for kind in KINDS}
         ds = ray.data.from_items([r.to_row() for r in requests],

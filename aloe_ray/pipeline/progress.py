@@ -135,32 +135,11 @@ class Progress:
         self.log(self.line())
 
 
-class TokenCounter:
-    """Tokens served this run from per-actor counters that restart at 0 when an actor restarts:
-    a counter that goes down has restarted, and what it had counted is kept."""
-
-    def __init__(self, actors: int) -> None:
-        self.first: list[int] | None = None
-        self.last = [0] * actors
-        self.carried = 0
-
-    def update(self, counts: list[int]) -> int:
-        if self.first is None:  # engines of a resumed run may have served before this run
-            self.first, self.last = list(counts), list(counts)
-            return 0
-        for i, (before, now) in enumerate(zip(self.last, counts)):
-            if now < before:
-                self.carried += before - self.first[i]
-                self.first[i] = 0
-        self.last = list(counts)
-        return self.carried + sum(now - first for now, first in zip(counts, self.first))
-
-
 class Heartbeat:
     """Prints a progress line every `interval_s` from a background thread, whatever the parts do.
 
     `poll()` returns the live counters (`started`, `turns`, `engine_tokens`); a poll that fails
-    (an engine actor restarting, say) skips that beat rather than stopping the run.
+    (an engine replica restarting, say) skips that beat rather than stopping the run.
     """
 
     def __init__(self, progress: Progress, poll: Callable[[], dict]) -> None:
