@@ -2,14 +2,16 @@
 
 Exercises the real GPU paths and prints what held:
   1. the vllm engine backend in-process (generation, per-request seeds, constrained judge);
-  2. the tree job with every role on a vllm engine deployment (num_gpus=1), a few short trees;
+  2. the tree job with every role on a vllm engine (ray.serve.llm's LLMServer, num_gpus=1), a few
+     short trees;
   3. jobs/train_sft on those trees: Ray Train with use_gpu=True, LoRA, bf16, a few steps (DDP
      over nccl with 2 workers when 2+ GPUs are visible; a single rank otherwise);
   4. jobs/train_dpo from the SFT output, likewise;
   5. the DPO model's merged folder loads and generates in the vllm engine;
   6. the Serve app on ray.serve.llm (backend vllm) with the SFT model as base and the DPO LoRA
      adapter multiplexed, through real HTTP and the openai client: base and adapter answer, and
-     a constrained judge answer returns a probability for both choices.
+     a constrained judge answer returns a probability for both choices; a job engine attached to
+     the app's engine by deployment handle (`serve_app`) gets a probability per choice too.
 
     python benchmarks/gpu_check.py [--model smollm2-135m] [--trees 4] [--steps 4]
 """
@@ -67,7 +69,9 @@ def main() -> None:
     print(f"[2] tree job on vllm: {c['trees_ok']}/{c['trees_requested']} trees ok, {c['nodes']} nodes, "
           f"{c['completion_tokens'] / manifest['timing']['grow_s']:.0f} tok/s")
     probs = judge.choice_probs or []
+    servers = {r.get("server") for r in manifest["engines"]["default"]}
     held = {"trees": c["trees_ok"] == args.trees, "seeded": outs[0].text == outs[1].text,
+            "trees_on_serve_llm": servers == {"AloeLLMServer"},
             "judge_probs_all_choices": len(probs) == 2 and all(p > 0 for p in probs) and abs(sum(probs) - 1) < 1e-3}
     engine = None  # free the in-process engine's GPU memory before training
     torch.cuda.empty_cache()
@@ -136,9 +140,20 @@ def serve_llm_check(base: str, adapter: str | None) -> dict:
     top = judge.choices[0].logprobs.content[0].top_logprobs if judge.choices[0].logprobs else []
     print(f"[6] ray.serve.llm app up in {time.monotonic() - started:.0f}s; replies {replies}; "
           f"judge {judge.choices[0].message.content} logprobs {[(t.token, t.logprob) for t in top]}")
+    from aloe_ray.config.engines import EngineConfig
+    from aloe_ray.engines.base import ChatRequest
+    from aloe_ray.engines.deployment import start_engines
+
+    with start_engines({"judge": EngineConfig(backend="vllm", model="sft", serve_app="aloe")},
+                       prefix="aloe-engine.gpu-check", namespace=ray.get_runtime_context().namespace) as engines:
+        (attached,) = asyncio.run(engines["judge"].chat(
+            [ChatRequest(({"role": "user", "content": "A or B?"},), choices=("A", "B"))], "gpu-check"))
+    print(f"[6] job engine attached to the app: judge {attached.text} probs {attached.choice_probs}")
     serve.shutdown()
+    probs = attached.choice_probs or []
     return {"serve_llm_lora": all(replies.values()),
-            "serve_llm_judge_probs": {t.token for t in top} == {"A", "B"}}
+            "serve_llm_judge_probs": {t.token for t in top} == {"A", "B"},
+            "job_attaches_to_serve_llm": len(probs) == 2 and all(p > 0 for p in probs)}
 
 
 if __name__ == "__main__":

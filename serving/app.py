@@ -183,13 +183,17 @@ class ChatServer:
 
 
 def engine_config(args: ServeArgs) -> EngineConfig:
-    """The engine deployment behind the CPU app, from the app's args."""
-    return EngineConfig(backend="hf", model=args.model, replicas=max(args.min_replicas, 1),
+    """The engine deployment behind the app, from the app's args (on vllm the adapters are
+    ray.serve.llm's LoRA, serving/llm_app.py)."""
+    vllm = args.backend == ServeBackend.vllm
+    return EngineConfig(backend=args.backend.value, model=args.model, replicas=max(args.min_replicas, 1),
                         max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_concurrency=args.max_ongoing_requests,
                         max_batch_size=args.max_batch_size, dtype=args.dtype,
                         max_input_tokens=args.max_input_tokens, timeout_s=args.request_timeout_s,
-                        adapters={a.name: a.path for a in args.adapters})
+                        max_model_len=args.max_model_len if vllm else None,
+                        gpu_memory_utilization=args.gpu_memory_utilization,
+                        adapters={} if vllm else {a.name: a.path for a in args.adapters})
 
 
 def deployment_options(args: ServeArgs) -> dict:

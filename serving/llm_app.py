@@ -3,7 +3,9 @@
 ray.serve.llm brings the engine (placement group per replica, LoRA multiplexing, autoscaling,
 health checks); we add what the CPU app promises too: bearer auth and request limits
 (serving/guard.py, the same checks as the CPU app), LoRA enabled at the adapters' rank, and
-max_model_len from the args.
+max_model_len from the args. The engine deployment is the one every vllm job engine is
+(engines/serve_llm.py: AloeLLMServer, named EngineServer), so a job attaches to this app's
+engine with `serve_app` as it does to the CPU app's.
 
 Logical resources, on purpose: each engine replica's placement group is one bundle of
 num_cpus CPUs (+ num_gpus GPUs) that the LLMServer replica actor shares (it asks for nothing
@@ -14,6 +16,7 @@ replica with room to spare, instead of the ingress waiting forever beside the en
 
 from __future__ import annotations
 
+from aloe_ray.config.engines import EngineConfig
 from serving.config import ServeArgs
 from serving.guard import GuardMiddleware, RequestLimits
 
@@ -32,31 +35,17 @@ def adapter_folder(args: ServeArgs) -> str | None:
     return roots.pop()
 
 
-def llm_config_kwargs(args: ServeArgs) -> dict:
-    """LLMConfig's arguments for the served base model (and its adapters)."""
-    from aloe_ray import storage
-    from aloe_ray.engines.models import resolve_model
+def llm_engine(args: ServeArgs) -> tuple[EngineConfig, dict]:
+    """The engine of the app, as every vllm engine is hosted (engines/serve_llm.py), and the
+    rest of its LLMConfig: the served name, the adapters' folder and rank, and autoscaling
+    between min_replicas (0: scale to zero) and max_replicas."""
+    from serving.app import deployment_options, engine_config
 
     lora_root = adapter_folder(args)
-    source = resolve_model(args.model) if storage.is_local(args.model) else {"bucket_uri": args.model}
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.num_gpus else "float32")
-    engine_kwargs = {"enable_prefix_caching": True, "max_model_len": args.max_model_len, "dtype": dtype,
-                     "gpu_memory_utilization": args.gpu_memory_utilization}
-    if lora_root:
-        engine_kwargs |= {"enable_lora": True, "max_lora_rank": args.max_lora_rank, "max_loras": len(args.adapters)}
-    bundle = {"CPU": args.num_cpus} | ({"GPU": args.num_gpus} if args.num_gpus else {})
-    from serving.app import deployment_options
-
-    deployment = {k: v for k, v in deployment_options(args).items() if k != "ray_actor_options"}
-    return {
-        "model_loading_config": {"model_id": args.name, "model_source": source},
-        "lora_config": {"dynamic_lora_loading_path": lora_root, "max_num_adapters_per_replica": len(args.adapters)}
-        if lora_root else None,
-        "deployment_config": deployment | {"ray_actor_options": {"num_cpus": 0}},
-        "placement_group_config": {"bundles": [bundle]},
-        "engine_kwargs": engine_kwargs,
-        "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}},
-    }
+    serve_options = {k: v for k, v in deployment_options(args).items()
+                     if k in ("autoscaling_config", "max_ongoing_requests")}
+    return engine_config(args), {"model_id": args.name, "lora_root": lora_root, "max_loras": len(args.adapters),
+                                 "max_lora_rank": args.max_lora_rank, "serve_options": serve_options}
 
 
 def build_llm_app(args: ServeArgs):
@@ -65,12 +54,15 @@ def build_llm_app(args: ServeArgs):
         from ray import serve
         from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
         from ray.llm._internal.serve.core.ingress.ingress import init as openai_fastapi_app
-        from ray.serve.llm import LLMConfig, build_llm_deployment
+        from ray.serve.llm import LLMConfig
         from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+        from aloe_ray.engines.serve_llm import llm_config_kwargs, llm_engine_app
     except ImportError as exc:
         raise RuntimeError(f"backend 'vllm' needs vLLM installed (pip install 'aloe-ray[vllm]'): {exc}") from exc
 
-    config = LLMConfig(**llm_config_kwargs(args))
+    cfg, config_kwargs = llm_engine(args)
+    config = LLMConfig(**llm_config_kwargs(cfg, **config_kwargs))
     limits = RequestLimits.of(args).as_dict()
 
     class GuardedOpenAiIngress(OpenAiIngress):
@@ -90,7 +82,7 @@ def build_llm_app(args: ServeArgs):
     options["ray_actor_options"] = {"num_cpus": 0}
     lora_root = adapter_folder(args)
     return serve.deployment(ingress, **options).bind(
-        llm_deployments={config.model_id: build_llm_deployment(config)},
+        llm_deployments={config.model_id: llm_engine_app(cfg, **config_kwargs)},
         model_cards={config.model_id: to_model_metadata(config.model_id, config)},
         lora_paths={config.model_id: lora_root} if lora_root else {},
         limits=limits,

@@ -154,7 +154,7 @@ def test_served_engine_gives_up_after_its_tries(ray_serve):
 
     @serve.deployment(name="EngineServer", ray_actor_options={"num_cpus": 0})
     class Gone:
-        async def chat(self, call):
+        async def complete(self, call):
             raise ray.exceptions.ActorUnavailableError("replica gone", None)
 
     serve.run(Gone.bind(), name="gone-engine", route_prefix=None)

@@ -115,3 +115,51 @@ def test_a_request_past_the_timeout_gets_504(server):
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert r.status_code == 200
     assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "timeout"
+
+
+def test_a_job_engine_attaches_to_the_apps_vllm_engine(server):
+    """The app's engine is the deployment every vllm job engine is (engines/serve_llm.py): a job
+    attaches to it with `serve_app` and calls it by handle, past the HTTP guard, with the vllm
+    backend's meaning (a probability per choice from the engine's logits, token counts)."""
+    import asyncio
+
+    from aloe_ray.config.engines import EngineConfig
+    from aloe_ray.engines.base import ChatRequest, Sampling
+    from aloe_ray.engines.deployment import start_engines
+
+    cfg = EngineConfig(backend="vllm", model="aloe-vllm", serve_app="aloe-vllm")
+    with start_engines({"judge": cfg}, prefix="aloe-engine.attach", namespace="aloe-vllm-serve-test") as engines:
+        assert engines.started == []  # attached: the job starts nothing and leaves the app running
+        engine = engines["judge"]
+        reqs = [ChatRequest(({"role": "user", "content": "Is water wet? Answer A for yes, B for no."},),
+                            choices=("A", "B")),
+                ChatRequest(({"role": "user", "content": "Say hello."},), Sampling(0.0, 1.0, 8, 0))]
+        judged, said = asyncio.run(engine.chat(reqs, "tree-1"))
+        stats = asyncio.run(engine.stats())
+    assert judged.finish_reason == "choice" and judged.completion_tokens == 1 and judged.text in ("A", "B")
+    assert len(judged.choice_probs) == 2 and all(p > 0 for p in judged.choice_probs)
+    assert abs(sum(judged.choice_probs) - 1) < 1e-6
+    assert said.text and said.finish_reason in ("stop", "length") and 0 < said.completion_tokens <= 8
+    assert stats["server"] == "AloeLLMServer" and stats["served_requests"] >= 2
+    from ray import serve
+
+    assert "aloe-vllm" in serve.status().applications
+
+
+def test_vllm_engines_take_their_placement_from_ray_serve_llm(server):
+    """Tensor parallelism: one bundle per GPU, packed on one node, the replica's CPUs in the first
+    (ray.serve.llm builds the placement group from the LLMConfig ours writes)."""
+    from ray.serve.llm import LLMConfig
+
+    from aloe_ray.config.engines import EngineConfig
+    from aloe_ray.engines.serve_llm import AloeLLMServer, llm_config_kwargs, llm_server_options
+
+    cfg = EngineConfig(backend="vllm", model="s3://models/big", num_gpus=4, tensor_parallel_size=4, num_cpus=2,
+                       replicas=1, max_replicas=3, max_model_len=8192)
+    config = LLMConfig(**llm_config_kwargs(cfg))
+    opts = AloeLLMServer.get_deployment_options(config)
+    assert opts["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] + [{"GPU": 1}] * 3
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    assert opts["autoscaling_config"]["max_replicas"] == 3 and opts["ray_actor_options"]["num_cpus"] == 0
+    assert config.engine_kwargs["tensor_parallel_size"] == 4 and config.engine_kwargs["max_model_len"] == 8192
+    assert llm_server_options(cfg)["name"] == "EngineServer"

