@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--deadline-s", type=float, default=1800)
     ap.add_argument("--url", help="an already running server (default: start one on loopback)")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--torch-threads", type=int, help="the engine replica's torch threads (default: its CPUs)")
     args = ap.parse_args()
     if args.url:
         asyncio.run(run(args.url, args.model, args))
@@ -68,7 +69,8 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from local_serve import local_serve
 
-    with local_serve({"model": args.model, "max_ongoing_requests": 128, "max_batch_size": 32}) as url:
+    app = {"model": args.model, "max_ongoing_requests": 128, "max_batch_size": 32, "torch_threads": args.torch_threads}
+    with local_serve(app) as url:
         asyncio.run(run(url, args.model, args))
 
 if __name__ == "__main__":

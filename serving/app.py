@@ -189,7 +189,7 @@ def engine_config(args: ServeArgs) -> EngineConfig:
     return EngineConfig(backend=args.backend.value, model=args.model, replicas=max(args.min_replicas, 1),
                         max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_concurrency=args.max_ongoing_requests,
-                        max_batch_size=args.max_batch_size, dtype=args.dtype,
+                        max_batch_size=args.max_batch_size, torch_threads=args.torch_threads, dtype=args.dtype,
                         max_input_tokens=args.max_input_tokens, timeout_s=args.request_timeout_s,
                         max_model_len=args.max_model_len if vllm else None,
                         gpu_memory_utilization=args.gpu_memory_utilization,

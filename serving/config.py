@@ -109,6 +109,8 @@ class ServeArgs(StrictModel):
     """Requests one replica accepts at once (they share forward passes)."""
     max_batch_size: int = Field(default=16, ge=1)
     """hf: most requests decoded together."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """hf on CPU: the engine replica's torch threads; default: the CPUs the replica may run on."""
     dtype: str = Field(default="auto", pattern=r"^(auto|float32|bfloat16|float16)$")
     """Weights dtype: 'auto' (float32 without a GPU, bfloat16 with one), 'float32', 'bfloat16', 'float16'."""
     max_input_tokens: int = Field(default=2048, ge=16)
