@@ -48,7 +48,7 @@ INGRESS_OPTIONS = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
 @serve.deployment
 @serve.ingress(api)
 class ChatServer:
-    def __init__(self, args: dict, engine) -> None:
+    def __init__(self, args: dict, engine, role_engines: dict | None = None) -> None:
         from aloe_ray.engines.deployment import ServedEngine
 
         self.args = ServeArgs.model_validate(args)
@@ -56,7 +56,7 @@ class ChatServer:
         ctx = serve.get_replica_context()
         base = ServedEngine("serve", ctx.app_name if ctx else "", self.args.name, handle=engine)
         self.engines = {self.args.name: base, **{a.name: base.for_adapter(a.name, a.name) for a in self.args.adapters}}
-        self.interactive = (interactive.InteractiveService(self.args, self.engines)
+        self.interactive = (interactive.InteractiveService(self.args, self.engines, role_engines)
                             if self.args.interactive.enabled else None)
 
     async def __del__(self) -> None:  # Serve awaits it when the replica stops: live sessions get written
@@ -216,4 +216,5 @@ def build_app(args: dict) -> Application:
         return build_llm_app(parsed)
     engine = EngineServer.options(**deployment_options(parsed)).bind(engine_config(parsed))
     ingress = {**INGRESS_OPTIONS, "max_ongoing_requests": parsed.max_ongoing_requests * parsed.max_replicas}
-    return ChatServer.options(**ingress).bind(parsed.model_dump(mode="json"), engine)
+    roles = interactive.role_engine_deployments(parsed)
+    return ChatServer.options(**ingress).bind(parsed.model_dump(mode="json"), engine, roles)

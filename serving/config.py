@@ -44,7 +44,9 @@ class InteractiveArgs(StrictModel):
     """A tree run root (<output>/<run_id>, local or s3://) the tree view browses; unset: none."""
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": EngineConfig()})
     """Engines of the simulator and judge, as in the eval job. An hf engine of the served base model
-    reuses the replica's loaded copy; backend openai reaches a remote endpoint."""
+    is the app's own engine; any other hf or vllm engine is an engine deployment of its own in the
+    app (`EngineServer.<name>`, with its replicas and CPUs); `serve_app` attaches to a running
+    engine app; backend openai reaches a remote endpoint."""
     simulator: RoleConfig = Field(default_factory=lambda: _role(0.9, 48))
     """The user simulator of simulated sessions (engine: a name in `engines`)."""
     judge: RoleConfig = Field(default_factory=lambda: _role(0.0, 32))

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from aloe_ray.config.engines import EngineConfig
 from aloe_ray.engines.base import Sampling
 from aloe_ray.eval.rollout import JudgeMode
 from aloe_ray.personas.loaders import seed_personas
@@ -91,18 +92,49 @@ def service(request: Request) -> InteractiveService:
     return svc
 
 
+def serves_base(args: ServeArgs, e: EngineConfig) -> bool:
+    """A role engine that is the served base model: the app's own engine answers for it."""
+    return (e.backend.value == "hf" and args.backend.value == "hf" and not e.serve_app
+            and e.model in (args.model, os.path.abspath(args.model)))
+
+
+def role_engine_deployments(args: ServeArgs) -> dict:
+    """The roles' engines to host in the app, each an engine deployment of its own (name
+    `EngineServer.<engine>`, bound by the app builder): every hf or vllm engine that is not the
+    served base model. openai engines are HTTP clients and attached ones run elsewhere."""
+    from aloe_ray.engines.deployment import ENGINE_DEPLOYMENT, engine_app
+
+    if not args.interactive.enabled:
+        return {}
+    cfg = args.interactive
+    s3 = S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
+    return {name: engine_app(e, s3, name=f"{ENGINE_DEPLOYMENT}.{name}") for name, e in cfg.engines.items()
+            if e.backend.value != "openai" and not e.serve_app and not serves_base(args, e)}
+
+
 class InteractiveService:
-    def __init__(self, args: ServeArgs, engines: dict) -> None:
+    def __init__(self, args: ServeArgs, engines: dict, role_handles: dict | None = None) -> None:
+        """`engines`: the app's served models by name; `role_handles`: handles of the role
+        engine deployments (role_engine_deployments), by engine name."""
+        from aloe_ray.engines.deployment import ENGINE_DEPLOYMENT, ServedEngine
         from aloe_ray.engines.factory import build_engine
 
         cfg = self.cfg = args.interactive
         self.args, self.models, self.max_body_bytes = args, engines, args.max_body_bytes
         self.s3 = S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
-        own = {args.model, os.path.abspath(args.model)}
+        role_handles = role_handles or {}
+        app = engines[args.name].app
         role_engines = {}
         for name, e in cfg.engines.items():  # the served base model is reused, not loaded twice
-            same = e.backend.value == "hf" and e.model in own and args.backend.value == "hf"
-            role_engines[name] = engines[args.name] if same else build_engine(e, self.s3)
+            if serves_base(args, e):
+                role_engines[name] = engines[args.name]
+            elif name in role_handles:
+                role_engines[name] = ServedEngine(name, app, e.model, handle=role_handles[name],
+                                                  deployment=f"{ENGINE_DEPLOYMENT}.{name}")
+            elif e.serve_app:
+                role_engines[name] = ServedEngine(name, e.serve_app, e.model)
+            else:  # openai: an HTTP client
+                role_engines[name] = build_engine(e, self.s3)
         self.simulator = self._bind(role_engines[cfg.simulator.engine], cfg.simulator)
         self.judge = self._bind(role_engines[cfg.judge.engine], cfg.judge)
         self.judge_mode = JudgeMode(cfg.judge_mode.history, cfg.judge_mode.scoring.value)

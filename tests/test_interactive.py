@@ -50,7 +50,7 @@ def make_tree_run(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def app(tmp_path_factory, bundled_model_path):
     import ray
     from ray import serve
 
@@ -65,7 +65,11 @@ def app(tmp_path_factory):
     args = {"model": "smollm2-135m", "served_model_name": "aloe-base", "api_key_env": "ALOE_INTERACTIVE_KEY",
             "max_tokens_limit": 64, "default_max_tokens": 8, "max_replicas": 1,
             "adapters": [{"name": "aloe-lora", "path": make_lora_adapter(tmp / "adapter")}],
+            # the judge on an engine of its own (the same weights from their folder: a model
+            # other than the served one), which the app hosts as a deployment of its own
             "interactive": {"output": str(tmp / "out"), "trees_root": make_tree_run(tmp / "trees"),
+                            "engines": {"default": {}, "judging": {"model": bundled_model_path, "num_cpus": 0.5}},
+                            "judge": {"engine": "judging", "sampling": {"temperature": 0.0, "max_tokens": 32}},
                             "simulator": {"sampling": {"temperature": 0.9, "max_tokens": 10}},
                             "reply": {"max_tokens": 8}, "max_turns": 6, "max_sessions": 8}}
     serve.run(build_app(args), name="aloe-interactive", route_prefix="/")
@@ -92,7 +96,7 @@ def first_persona(app):
     return ok(call(app, "GET", "/interactive/personas"))["personas"][0]["persona_id"]
 
 
-def test_page_loads_without_key_and_the_api_needs_it(app):
+def test_page_loads_without_key_and_the_api_needs_it(app, bundled_model_path):
     page = httpx.get(app["url"] + "/", timeout=30)
     assert page.status_code == 200 and "interactive evaluation" in page.text and "/static/app.js" in page.text
     assert "https://" not in page.text  # nothing from a CDN
@@ -100,7 +104,7 @@ def test_page_loads_without_key_and_the_api_needs_it(app):
     denied = call(app, "GET", "/interactive/options", headers={})
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
     opts = ok(call(app, "GET", "/interactive/options"))
-    assert opts["models"] == ["aloe-base", "aloe-lora"] and opts["roles"] == {"simulator": "aloe-base", "judge": "aloe-base"}
+    assert opts["models"] == ["aloe-base", "aloe-lora"] and opts["roles"] == {"simulator": "aloe-base", "judge": bundled_model_path}
     assert len(ok(call(app, "GET", "/interactive/personas"))["personas"]) == 100
     schema = httpx.get(app["url"] + "/openapi.json", timeout=30).json()
     assert "/interactive/sessions" in schema["paths"] and "/interactive/sessions/{session_id}/run" in schema["paths"]
@@ -169,6 +173,22 @@ def test_simulated_session_turn_by_turn_then_streamed_then_compare(app, tmp_path
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done_cmd.returncode == 0, done_cmd.stderr
     assert s["session_id"] in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_role_engine_of_its_own_is_a_deployment_of_the_app(app):
+    """The judge's engine is not the served model: the app hosts it as an engine deployment of its
+    own (not a model loaded inside the weightless ingress), and the judge's calls went there."""
+    from ray import serve
+
+    s = create(app, persona_id=first_persona(app), mode="simulated", turns=1, seed=9)
+    t1 = ok(call(app, "POST", f"/interactive/sessions/{s['session_id']}/turns", {}))
+    assert 1 <= t1["replies"]["A"]["score"] <= 5
+    deployments = serve.status().applications["aloe-interactive"].deployments
+    assert {"EngineServer", "EngineServer.judging", "ChatServer"} <= set(deployments)
+    stats = serve.get_deployment_handle("EngineServer.judging", "aloe-interactive").stats.remote().result()
+    assert stats["served_requests"] >= 1 and stats["pid"] != os.getpid()
+    base = serve.get_deployment_handle("EngineServer", "aloe-interactive").stats.remote().result()
+    assert base["pid"] != stats["pid"]
 
 
 def test_human_session_with_a_free_text_persona(app):

@@ -219,14 +219,16 @@ def target_ongoing_requests(cfg: EngineConfig) -> float:
     return float(cfg.max_batch_size if cfg.backend == EngineBackend.hf else max(cfg.max_concurrency // 2, 1))
 
 
-def engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None):
+def engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None,
+               name: str = ENGINE_DEPLOYMENT):
     """The Serve application of one engine (its only deployment is the ingress): EngineServer
-    for hf, ray.serve.llm's server for vllm (engines/serve_llm.py)."""
+    for hf, ray.serve.llm's server for vllm (engines/serve_llm.py). `name`: the deployment's,
+    where an app holds several engines (the Serve app's interactive roles)."""
     if cfg.backend == EngineBackend.vllm:
         from aloe_ray.engines.serve_llm import llm_engine_app
 
-        return llm_engine_app(cfg, s3, board)
-    return EngineServer.options(**deployment_options(cfg)).bind(cfg, s3, board)
+        return llm_engine_app(cfg, s3, board, name=name)
+    return EngineServer.options(name=name, **deployment_options(cfg)).bind(cfg, s3, board)
 
 
 def build_engine_app(args: dict):
@@ -242,9 +244,9 @@ class ServedEngine:
     """Client of an engine deployment: picklable, fetches its handle in the process using it."""
 
     def __init__(self, name: str, app: str, model_name: str, *, adapter: str | None = None, handle=None,
-                 max_attempts: int = 4, backoff_s: float = 1.0):
+                 deployment: str = ENGINE_DEPLOYMENT, max_attempts: int = 4, backoff_s: float = 1.0):
         self.name, self.app, self.model_name, self.adapter = name, app, model_name, adapter
-        self.max_attempts, self.backoff_s = max_attempts, backoff_s
+        self.deployment, self.max_attempts, self.backoff_s = deployment, max_attempts, backoff_s
         self._handle = handle
 
     def __getstate__(self) -> dict:
@@ -252,12 +254,12 @@ class ServedEngine:
 
     def for_adapter(self, adapter: str | None, model_name: str) -> ServedEngine:
         return ServedEngine(self.name, self.app, model_name, adapter=adapter, handle=self._handle,
-                            max_attempts=self.max_attempts, backoff_s=self.backoff_s)
+                            deployment=self.deployment, max_attempts=self.max_attempts, backoff_s=self.backoff_s)
 
     @property
     def handle(self):
         if self._handle is None:
-            self._handle = serve.get_deployment_handle(ENGINE_DEPLOYMENT, self.app)
+            self._handle = serve.get_deployment_handle(self.deployment, self.app)
         return self._handle
 
     async def chat(self, requests: Sequence[ChatRequest], affinity: str | None = None) -> list[Completion]:

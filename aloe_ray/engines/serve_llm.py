@@ -62,17 +62,18 @@ def llm_config_kwargs(cfg: EngineConfig, *, model_id: str | None = None, model_s
     }
 
 
-def llm_server_options(cfg: EngineConfig) -> dict:
-    """Serve options of the AloeLLMServer deployment beyond LLMConfig's: its name (the one every
-    engine deployment has, so a job attaches to either kind alike), routing and health checks."""
+def llm_server_options(cfg: EngineConfig, name: str = ENGINE_DEPLOYMENT) -> dict:
+    """Serve options of the AloeLLMServer deployment beyond LLMConfig's: its name (by default the
+    one every engine deployment has, so a job attaches to either kind alike), routing and health
+    checks."""
     opts = deployment_options(cfg)
     keep = ("request_router_config", "health_check_period_s", "health_check_timeout_s",
             "graceful_shutdown_timeout_s", "max_constructor_retry_count")
-    return {"name": ENGINE_DEPLOYMENT, **{k: opts[k] for k in keep}}
+    return {"name": name, **{k: opts[k] for k in keep}}
 
 
 def llm_engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None,
-                   **config_kwargs):
+                   name: str = ENGINE_DEPLOYMENT, **config_kwargs):
     """The Serve application of one vllm engine: an AloeLLMServer deployment, no ingress."""
     try:
         from ray.serve.llm import LLMConfig, build_llm_deployment
@@ -81,7 +82,7 @@ def llm_engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[
                           f"{exc}") from exc
     kwargs = llm_config_kwargs(cfg, **config_kwargs)
     return build_llm_deployment(LLMConfig(**kwargs), deployment_cls=AloeLLMServer,
-                                override_serve_options=llm_server_options(cfg),
+                                override_serve_options=llm_server_options(cfg, name),
                                 bind_kwargs={"cfg": cfg, "config_kwargs": kwargs, "s3": s3, "board": board})
 
 
