@@ -123,18 +123,20 @@ class InteractiveService:
         self.args, self.models, self.max_body_bytes = args, engines, args.max_body_bytes
         self.s3 = S3Options(endpoint_url=cfg.storage.s3_endpoint_url, region=cfg.storage.s3_region)
         role_handles = role_handles or {}
-        app = engines[args.name].app
         role_engines = {}
         for name, e in cfg.engines.items():  # the served base model is reused, not loaded twice
             if serves_base(args, e):
                 role_engines[name] = engines[args.name]
-            elif name in role_handles:
-                role_engines[name] = ServedEngine(name, app, e.model, handle=role_handles[name],
-                                                  deployment=f"{ENGINE_DEPLOYMENT}.{name}")
             elif e.serve_app:
                 role_engines[name] = ServedEngine(name, e.serve_app, e.model)
-            else:  # openai: an HTTP client
+            elif e.backend.value == "openai":  # an HTTP client
                 role_engines[name] = build_engine(e, self.s3)
+            elif name in role_handles:
+                role_engines[name] = ServedEngine(name, engines[args.name].app, e.model, handle=role_handles[name],
+                                                  deployment=f"{ENGINE_DEPLOYMENT}.{name}")
+            else:
+                raise ValueError(f"interactive engine '{name}' ({e.backend.value}: {e.model}) is hosted by the "
+                                 f"app's own deployment of it: build the app with serving.app:build_app")
         self.simulator = self._bind(role_engines[cfg.simulator.engine], cfg.simulator)
         self.judge = self._bind(role_engines[cfg.judge.engine], cfg.judge)
         self.judge_mode = JudgeMode(cfg.judge_mode.history, cfg.judge_mode.scoring.value)

@@ -159,3 +159,9 @@ def test_interactive_args_are_checked_and_engines_reused_or_remote():
     assert svc.simulator.engine is served  # the bundled model already loaded by the replica, not a second copy
     assert isinstance(svc.judge.engine, OpenAIEngine) and svc.judge.engine.model_name == "judge-70b"
     assert svc.options()["roles"] == {"simulator": "base", "judge": "judge-70b"} and len(svc.personas) == 100
+    # an hf engine of another model is a deployment of the app (role_engine_deployments), never a
+    # model loaded inside the ingress: without its handle the service refuses to start
+    other = ServeArgs.model_validate({"served_model_name": "base", "interactive": {
+        "engines": {"default": {}, "big": {"model": "/models/other"}}, "judge": {"engine": "big"}}})
+    with pytest.raises(ValueError, match="interactive engine 'big' .* is hosted by the app's own deployment"):
+        InteractiveService(other, {"base": served})

@@ -148,7 +148,8 @@ def test_a_job_engine_attaches_to_the_apps_vllm_engine(server):
 
 def test_vllm_engines_take_their_placement_from_ray_serve_llm(server):
     """Tensor parallelism: one bundle per GPU, packed on one node, the replica's CPUs in the first
-    (ray.serve.llm builds the placement group from the LLMConfig ours writes)."""
+    (ray.serve.llm builds the placement group from the LLMConfig ours writes); routing is
+    ray.serve.llm's prefix-aware router."""
     from ray.serve.llm import LLMConfig
 
     from aloe_ray.config.engines import EngineConfig
@@ -162,4 +163,7 @@ def test_vllm_engines_take_their_placement_from_ray_serve_llm(server):
     assert opts["placement_group_strategy"] == "STRICT_PACK"
     assert opts["autoscaling_config"]["max_replicas"] == 3 and opts["ray_actor_options"]["num_cpus"] == 0
     assert config.engine_kwargs["tensor_parallel_size"] == 4 and config.engine_kwargs["max_model_len"] == 8192
-    assert llm_server_options(cfg)["name"] == "EngineServer"
+    serve_options = llm_server_options(cfg)
+    assert serve_options["name"] == "EngineServer"  # jobs attach to either kind of engine alike
+    # prefix-aware routing is ray.serve.llm's; a job's call shows it the conversation's messages
+    assert serve_options["request_router_config"].request_router_class.endswith("PrefixCacheAffinityRouter")

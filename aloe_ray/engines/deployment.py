@@ -54,6 +54,12 @@ class EngineCall:
     adapter: str | None = None
     """A name in `EngineConfig.adapters`; None: the base model."""
 
+    @property
+    def messages(self) -> list:
+        """The conversation of the call's first request: the text ray.serve.llm's prefix-aware
+        router (vllm engines) matches, as it matches an OpenAI request's messages."""
+        return list(self.requests[0].messages) if self.requests else []
+
 
 class ReplicaCounters:
     """What an engine replica served, whatever its backend, reported to the job's stats board

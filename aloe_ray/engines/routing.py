@@ -7,9 +7,11 @@ those replicas move. Serve's own machinery still decides among the ranks: a pref
 that is full (max_ongoing_requests) or gone is skipped for the next rank, the least loaded of
 the others. Calls without a key get Serve's default (power of two choices).
 
-ray.serve.llm's PrefixCacheAffinityRouter matches prompt text in a shared tree actor, one
-remote call per request; a job's calls already name their conversation, so hashing the name
-gives the same affinity without that hop.
+This router serves the hf deployment. vllm engines (ray.serve.llm's LLMServer) use
+ray.serve.llm's own PrefixCacheAffinityRouter (engines/serve_llm.py), which matches prompt text
+in a shared tree actor, one remote call per request; it cannot serve hf, since ray.serve.llm
+does not import without vLLM, and for hf a job's calls already name their conversation, so
+hashing the name gives the same affinity without that hop.
 """
 
 from __future__ import annotations

@@ -62,14 +62,22 @@ def llm_config_kwargs(cfg: EngineConfig, *, model_id: str | None = None, model_s
     }
 
 
+PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
 def llm_server_options(cfg: EngineConfig, name: str = ENGINE_DEPLOYMENT) -> dict:
     """Serve options of the AloeLLMServer deployment beyond LLMConfig's: its name (by default the
-    one every engine deployment has, so a job attaches to either kind alike), routing and health
-    checks."""
+    one every engine deployment has, so a job attaches to either kind alike), health checks, and
+    ray.serve.llm's prefix-aware router: a call goes to the replica whose past prompts share the
+    longest prefix with its text (an OpenAI request's messages, or a job call's conversation:
+    EngineCall.messages), so a tree's turns and a chat's turns meet their prefix cache."""
+    from ray.serve.config import RequestRouterConfig
+
     opts = deployment_options(cfg)
-    keep = ("request_router_config", "health_check_period_s", "health_check_timeout_s",
-            "graceful_shutdown_timeout_s", "max_constructor_retry_count")
-    return {"name": name, **{k: opts[k] for k in keep}}
+    keep = ("health_check_period_s", "health_check_timeout_s", "graceful_shutdown_timeout_s",
+            "max_constructor_retry_count")
+    return {"name": name, "request_router_config": RequestRouterConfig(request_router_class=PREFIX_ROUTER),
+            **{k: opts[k] for k in keep}}
 
 
 def llm_engine_app(cfg: EngineConfig, s3: S3Options | None = None, board: tuple[str, str] | None = None,
