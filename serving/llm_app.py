@@ -80,7 +80,7 @@ def build_llm_app(args: ServeArgs):
     ingress = make_fastapi_ingress(GuardedOpenAiIngress, app=app)
     options = OpenAiIngress.get_deployment_options([config])
     options["ray_actor_options"] = {"num_cpus": 0}
-    lora_root = adapter_folder(args)
+    lora_root = config_kwargs["lora_root"]
     return serve.deployment(ingress, **options).bind(
         llm_deployments={config.model_id: llm_engine_app(cfg, **config_kwargs)},
         model_cards={config.model_id: to_model_metadata(config.model_id, config)},

@@ -6,7 +6,8 @@ and for the HTTP app alike.
   engine is ray.serve.llm's LLMServer with the same `complete` call (engines/serve_llm.py:
   AloeLLMServer, its placement group sized for tensor parallelism by ray.serve.llm). Serve gives
   both replicas or autoscaling by load (`replicas`..`max_replicas`), health checks that restart
-  a dead or hung engine, and routing by conversation (`engines/routing.py`).
+  a dead or hung engine, and routing by conversation (hf: `engines/routing.py`; vllm:
+  ray.serve.llm's prefix-aware router).
 - `start_engines` runs a job's engines, each as its own Serve application
   `aloe-engine.<run>.<engine>` with no HTTP route (a Serve instance the job starts has no proxy
   at all, so nothing listens on a port), or attaches to an application that already runs
@@ -16,8 +17,9 @@ and for the HTTP app alike.
   caller that gives up cancels the call inside the replica (its decoding stops).
 - openai engines stay HTTP clients (`LazyEngine`): their server is somebody else's.
 
-A call's output does not depend on which replica serves it, nor on how many there are: seeds
-are per request and independent of batch mates on every backend (engines/base.py).
+A call's random draws do not depend on which replica serves it, nor on how many there are:
+seeds are per request and independent of batch mates on every backend (engines/base.py); the
+arithmetic of different batch shapes may still differ in the last bits (README, "Throughput").
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ class ReplicaCounters:
         base = self.models[None]
         out = base.stats.as_dict() if getattr(base, "stats", None) is not None else {}
         return {**out, "served_requests": self.served_requests, "served_tokens": self.served_tokens,
-                "server": type(self).__name__, "app": self.app, "replica": self.replica, "node": ray.get_runtime_context().get_node_id(),
+                "server": type(self).__name__, "app": self.app, "replica": self.replica,
+                "node": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss,
                 "models": {name or "": _model_stats(e) for name, e in self.models.items()}}
 

@@ -28,11 +28,10 @@ except ImportError:  # a Ray without its LLM extras: the vllm backend says so wh
     LLMServer = object
 
 
-def llm_config_kwargs(cfg: EngineConfig, *, model_id: str | None = None, model_source: str | None = None,
-                      lora_root: str | None = None, max_loras: int = 0, max_lora_rank: int = 64,
-                      serve_options: dict | None = None) -> dict:
-    """LLMConfig's arguments for one vllm engine. `model_source` defaults to the config's model
-    as written; AloeLLMServer replaces it with the folder it resolves in the replica.
+def llm_config_kwargs(cfg: EngineConfig, *, model_id: str | None = None, lora_root: str | None = None,
+                      max_loras: int = 0, max_lora_rank: int = 64, serve_options: dict | None = None) -> dict:
+    """LLMConfig's arguments for one vllm engine. The model source is the config's model as
+    written; AloeLLMServer replaces it with the folder it resolves in the replica.
     `serve_options`: replicas or autoscaling other than the config's (the Serve app's)."""
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if cfg.num_gpus else "float32")
     engine_kwargs = {
@@ -52,7 +51,7 @@ def llm_config_kwargs(cfg: EngineConfig, *, model_id: str | None = None, model_s
         serve_options = {k: v for k, v in deployment_options(cfg).items()
                          if k in ("num_replicas", "autoscaling_config", "max_ongoing_requests")}
     return {
-        "model_loading_config": {"model_id": model_id or cfg.model, "model_source": model_source or cfg.model},
+        "model_loading_config": {"model_id": model_id or cfg.model, "model_source": cfg.model},
         "lora_config": {"dynamic_lora_loading_path": lora_root, "max_num_adapters_per_replica": max_loras}
         if lora_root else None,
         "deployment_config": serve_options | {"ray_actor_options": {"num_cpus": 0}},

@@ -67,7 +67,8 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=self.max_model_len,
             enable_prefix_caching=enable_prefix_caching,
-            # tensor parallel workers as Ray actors in the replica's placement group (deployment.py)
+            # tensor parallel workers as Ray actors (in a job or the Serve app ray.serve.llm starts
+            # the engine instead, in the placement group it builds: engines/serve_llm.py)
             distributed_executor_backend="ray" if tensor_parallel_size > 1 else None,
         )
         self.engine = AsyncLLMEngine.from_engine_args(args)
