@@ -7,6 +7,8 @@ AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL environment variables).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import os
 import uuid
@@ -26,6 +28,10 @@ class S3Options:
 
 class StorageError(ValueError):
     """A URI that cannot be used."""
+
+
+class PreconditionFailed(RuntimeError):
+    """A conditional write lost: the file was changed (or created) by someone else since it was read."""
 
 
 def filesystem_for(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
@@ -159,3 +165,83 @@ def read_parquet(uri: str, s3: S3Options | None = None, schema: pa.Schema | None
 
 def _hidden(name: str) -> bool:
     return any(part.startswith((".", "_")) for part in name.split("/"))
+
+
+# Conditional writes: the one primitive the run lease (and so every fence) rests on. S3 has no
+# rename and pyarrow's S3 filesystem no conditional PUT, so S3 goes through boto3's
+# `put_object(IfNoneMatch="*" | IfMatch=etag)` (412 on a lost race); a local file is replaced
+# under an exclusive `flock` of a sibling lock file, compared by content hash.
+
+def read_versioned(uri: str, s3: S3Options | None = None) -> tuple[bytes, str] | None:
+    """A file's bytes and its version token (S3: the ETag; local: a hash of the content), or None
+    when there is no file."""
+    if _is_s3(uri):
+        client, bucket, key = _s3_client(uri, s3)
+        try:
+            got = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return None
+        return got["Body"].read(), got["ETag"]
+    return _read_local(filesystem_for(uri, s3)[1])
+
+
+def _read_local(path: str) -> tuple[bytes, str] | None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return data, _digest(data)
+
+
+def write_if(uri: str, data: bytes, s3: S3Options | None = None, *, version: str | None) -> str:
+    """Write `data` only if the file is still at `version` (None: only if there is no file);
+    returns the new version. PreconditionFailed when another writer got there first."""
+    if _is_s3(uri):
+        client, bucket, key = _s3_client(uri, s3)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            return client.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        except client.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                    exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                raise PreconditionFailed(f"{uri} changed since it was read ({code})") from None
+            raise
+    import fcntl
+
+    path = filesystem_for(uri, s3)[1]
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, f".{name}.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = _read_local(path)
+        if (current is None) != (version is None) or (current is not None and current[1] != version):
+            raise PreconditionFailed(f"{uri} changed since it was read")
+        write_bytes(path, data)
+        return _digest(data)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _is_s3(uri: str) -> bool:
+    return urlparse(uri).scheme in ("s3", "s3a")
+
+
+def _s3_client(uri: str, s3: S3Options | None):
+    opts = s3 or S3Options()
+    endpoint = opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    parsed = urlparse(uri)
+    return _boto_client(endpoint, region), parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _boto_client(endpoint: str | None, region: str):
+    import boto3  # a client is thread-safe, and costs tens of ms to make: one per endpoint
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from aloe_ray.config import ConfigError
     from aloe_ray.engines.models import ModelNotFoundError
     from aloe_ray.personas.loaders import PersonaFileError
-    from aloe_ray.pipeline.lease import RunBusy
+    from aloe_ray.pipeline.lease import LeaseError, RunBusy
     from aloe_ray.storage import StorageError
 
     try:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         from aloe_ray.pipeline.generate import run_generation
 
         manifest = run_generation(cfg)
-    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, RunBusy) as exc:
+    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, RunBusy, LeaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if manifest["counts"]["trees_ok"] + manifest["counts"]["trees_failed"] >= manifest["counts"]["trees_requested"] else 1
