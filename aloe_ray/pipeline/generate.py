@@ -18,7 +18,7 @@ from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
 from aloe_ray.engines.factory import check_engine
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
-from aloe_ray.pipeline.lease import RunLease
+from aloe_ray.pipeline.lease import RunBusy, RunLease, fence_disabled
 from aloe_ray.pipeline.quality_report import write_quality_report
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.prompts import PROMPT_VERSION
@@ -53,8 +53,71 @@ def run_generation(cfg: GenerateTreesConfig, log: Callable[[str], None] = print)
     shape = TreeShape(cfg.tree.max_turns, cfg.tree.num_candidates, cfg.tree.policy.value, cfg.tree.max_nodes)
 
     out = RunOutput(cfg.output, cfg.run_id, s3)
-    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s) as lease:
-        return _run(cfg, out, plan, shape, s3, started, log, lease)
+    with RunLease(out, MANIFEST_DIR + "/lease.json", ttl_s=cfg.pipeline.lease_ttl_s, log=log,
+                  on_lost=_interrupt_driver) as lease:
+        try:
+            if lease.taken_over:
+                wait_for_old_growers(cfg, lease, log)
+            return _run(cfg, out, plan, shape, s3, started, log, lease)
+        except KeyboardInterrupt:
+            if lease.lost:  # on_lost interrupted the growing: the run is another driver's now
+                raise RunBusy(f"{out.root}: this driver lost the run's lease ({lease.lost_why}); it stopped growing "
+                              "and wrote nothing more") from None
+            raise
+
+
+def _interrupt_driver() -> None:
+    """Stop the driver's Dataset the moment its lease is lost (the growers' commits are refused
+    by the fence already; this stops their work too)."""
+    import _thread
+
+    _thread.interrupt_main()
+
+
+def wait_for_old_growers(cfg: GenerateTreesConfig, lease: RunLease, log) -> None:
+    """After taking the run over from a dead driver (the epoch already bumped, so its growers'
+    commits are refused), wait until its growers are gone: on the same Ray cluster, until its
+    job has no live actors; its cluster gone, at once; another live cluster, up to the lease's
+    ttl. Then no grower of the old epoch can be between its fence check and its write when this
+    driver's recovery reads the run."""
+    held = lease.taken_over or {}
+    info = held.get("ray")
+    if not info or fence_disabled():
+        return
+    deadline = time.monotonic() + cfg.pipeline.lease_ttl_s
+    log(f"[aloe-ray] took the run over from a driver that is gone (host {held.get('host')}, pid {held.get('pid')}, "
+        f"epoch {held.get('epoch')} -> {lease.epoch}): its growers can no longer commit; waiting until they have "
+        "stopped")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**cfg.ray.init_kwargs())
+    if ray.get_runtime_context().gcs_address == info["gcs_address"]:
+        from ray._private.state import actors
+
+        job = ray.JobID.from_hex(info["job_id"])
+        while True:
+            alive = [a for a in actors(job_id=job).values() if a.get("State") != "DEAD"]
+            if not alive:
+                return
+            if time.monotonic() > deadline:
+                log(f"[aloe-ray] WARNING: {len(alive)} actor(s) of the old driver's job still alive after "
+                    f"{cfg.pipeline.lease_ttl_s:.0f}s; going on (their commits are refused by the epoch)")
+                return
+            time.sleep(0.5)
+    host, _, port = info["gcs_address"].rpartition(":")
+    while time.monotonic() < deadline and _reachable(host, int(port)):
+        time.sleep(0.5)  # another cluster, still up: its growers may live as long as it does
+
+
+def _reachable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def tree_settings(cfg: GenerateTreesConfig) -> dict:
@@ -91,7 +154,7 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
 
     engine_stats: dict = {"grow_s": 0.0}
     if pending:
-        engine_stats = _grow(cfg, plan, pending, shape, out, s3, log=log)
+        engine_stats = _grow(cfg, plan, pending, shape, out, s3, lease, log=log)
     lease.check()
     replaced = out.compact(cfg.pipeline.trees_per_file)
     if replaced:
@@ -118,7 +181,8 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
     return manifest
 
 
-def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, out: RunOutput, s3, *, log) -> dict:
+def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, out: RunOutput, s3, lease: RunLease,
+          *, log) -> dict:
     import ray
     from ray.data import DataContext
 
@@ -126,17 +190,19 @@ def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, o
 
     if not ray.is_initialized():
         ray.init(**cfg.ray.init_kwargs())
+    ctx = ray.get_runtime_context()
+    lease.record_ray(ctx.gcs_address, ctx.get_job_id())  # a driver that takes over waits for our growers
     DataContext.get_current().enable_progress_bars = False
     engines = cfg.used_engines()
     log("[aloe-ray] starting engines: " + ", ".join(describe_engine(n, e) for n, e in engines.items()))
     pools = start_engines(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     try:
-        return _grow_with(cfg, plan, pending, shape, out, pools, engines, log=log)
+        return _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, log=log)
     finally:
         pools.close()  # the engines' Serve apps are the run's: a rerun starts them afresh
 
 
-def _grow_with(cfg, plan, pending, shape, out, pools, engines, *, log) -> dict:
+def _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, *, log) -> dict:
     import numpy as np
     import ray
     from ray.data import ActorPoolStrategy
@@ -167,7 +233,7 @@ def _grow_with(cfg, plan, pending, shape, out, pools, engines, *, log) -> dict:
         scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
         fn_constructor_kwargs={"plan": plan, "roles": cfg.roles, "engines": dict(pools), "shape": shape, "output": out,
                                "board": board, "trees_in_flight": sizing.per_grower,
-                               "trees_per_part": p.trees_per_part},
+                               "trees_per_part": p.trees_per_part, "fence": lease.fence()},
     )
     total = len(plan)
     already = total - len(pending)

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from aloe_ray.config.generate import RolesConfig
 from aloe_ray.engines.base import ChatEngine, Sampling
+from aloe_ray.pipeline.lease import Fence, Fenced
 from aloe_ray.pipeline.progress import TreeTally
 from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.trees import RoleBinding, TreePlan, TreeRoles, TreeShape, TreeSpec, grow_tree
@@ -44,11 +45,14 @@ def bind_roles(roles: RolesConfig, engines: dict[str, ChatEngine]) -> TreeRoles:
 
 class TreeGrower:
     def __init__(self, plan: TreePlan, roles: RolesConfig, engines: dict[str, ChatEngine], shape: TreeShape,
-                 output: RunOutput, board=None, *, trees_in_flight: int = 16, trees_per_part: int = 4):
+                 output: RunOutput, board=None, *, trees_in_flight: int = 16, trees_per_part: int = 4,
+                 fence: Fence | None = None):
         self.plan = plan
         self.roles = bind_roles(roles, engines)
         self.shape = shape
         self.output = output
+        self.fence = fence
+        """The driver's epoch: every commit checks it (a grower of a driver that lost the run commits nothing)."""
         self.trees_in_flight = trees_in_flight
         self.trees_per_part = trees_per_part
         self._slots: asyncio.Semaphore | None = None  # made in the event loop that runs the batches
@@ -79,6 +83,10 @@ class TreeGrower:
         summary = {c: [r.tree.get(c) for r in results] for c in SUMMARY_COLUMNS if c != "part"}
         try:
             part = await self._commit(results)
+        except Fenced as exc:
+            part = None
+            summary["status"] = ["failed"] * len(results)
+            summary["failure_reason"] = [f"fenced (not written): {exc}"] * len(results)
         except Exception as exc:  # noqa: BLE001 - the trees stay unwritten: a rerun grows them again
             part = None
             reason = f"commit failed after {COMMIT_ATTEMPTS} attempts (not written; a rerun grows it): " \
@@ -93,7 +101,9 @@ class TreeGrower:
         derive from its tree ids, so a retry rewrites the same files."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                return await asyncio.to_thread(self.output.commit, results)
+                return await asyncio.to_thread(self.output.commit, results, self.fence)
+            except Fenced:
+                raise  # not ours to write any more: never retried
             except Exception:  # noqa: BLE001 - retried; the last failure is the caller's
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise

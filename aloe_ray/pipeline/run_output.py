@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aloe_ray import storage
+from aloe_ray.pipeline.lease import Fence
 from aloe_ray.pipeline.run_root import RunRoot, rewrite_part
 from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
@@ -47,13 +48,19 @@ class RunOutput(RunRoot):
     def __init__(self, output: str, run_id: str, s3: S3Options | None = None) -> None:
         super().__init__(storage.join(output, run_id), s3)
 
-    def commit(self, results: list[TreeResult]) -> str:
-        """Write one part (nodes, then trees) for these finished trees; returns its name."""
+    def commit(self, results: list[TreeResult], fence: Fence | None = None) -> str:
+        """Write one part (nodes, then trees) for these finished trees; returns its name. With a
+        fence, the trees file (the commit) is written only while the writer's epoch still owns
+        the run (`Fenced` otherwise, and the nodes file left is an orphan the owner's recovery
+        removes)."""
         part = "part-" + stable_id(*sorted(r.tree["tree_id"] for r in results)) + ".parquet"
         nodes = [n for r in results for n in r.nodes]
         if nodes:
             storage.write_parquet(storage.join(self.table("nodes"), part), pa.Table.from_pylist(nodes, NODES), self.s3)
         trees = pa.Table.from_pylist([r.tree for r in results], TREES)
+        if fence is not None:
+            _fault_delay()
+            fence.check()
         storage.write_parquet(storage.join(self.table("trees"), part), trees, self.s3)
         return part
 
@@ -145,3 +152,17 @@ def _superseded(ids_of: dict[str, pa.Table]) -> list[str]:
             owner.setdefault(tree_id, name)
     return [name for name, ids in ids_of.items()
             if ids.num_rows and all(owner[t] != name for t in ids["tree_id"].to_pylist())]
+
+
+FAULT_COMMIT_DELAY_ENV = "ALOE_FAULT_COMMIT_DELAY_S"
+"""A fault hook for benchmarks/chaos.py: seconds a commit waits between its nodes file and its
+fence check (the widest window a writer that lost the run could commit in). Unset: no wait."""
+
+
+def _fault_delay() -> None:
+    import os
+    import time
+
+    delay = float(os.environ.get(FAULT_COMMIT_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
