@@ -23,16 +23,17 @@ FAILURES_KEPT = 100
 
 class TreeTally:
     """One grower's live counters: trees started and finished, completed turns of the trees still
-    growing. A tree grown again (a retried batch) is counted once."""
+    growing. A tree started again while it grows (a retried batch) is counted once. It holds only
+    the trees in flight, so its size follows the grower's slots, not the run."""
 
     def __init__(self) -> None:
-        self.started: set[str] = set()
+        self.started = 0
         self.finished = 0
         self.live: dict[str, int] = {}  # deepest completed turn per growing tree
 
     def tree_started(self, tree_id: str) -> None:
-        if tree_id not in self.started:
-            self.started.add(tree_id)
+        if tree_id not in self.live:
+            self.started += 1
             self.live[tree_id] = 0
 
     def turn_done(self, tree_id: str, turn: int) -> None:
@@ -44,7 +45,7 @@ class TreeTally:
             self.finished += 1
 
     def snapshot(self) -> dict:
-        return {"started": len(self.started), "finished": self.finished, "turns": sum(self.live.values())}
+        return {"started": self.started, "finished": self.finished, "turns": sum(self.live.values())}
 
 
 class ProgressBoard:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from aloe_ray.personas.model import Persona
 
@@ -40,6 +42,17 @@ def tree_id_for(run_id: str, persona_id: str, sample: int, seed: int) -> str:
     return "tree-" + stable_id(run_id, persona_id, sample, seed)
 
 
+def tree_hashes(tree_ids: Iterable[str]) -> np.ndarray:
+    """The 64 bits behind each tree id ('tree-' + 16 hex digits), as uint64: 8 bytes a tree where
+    a set of id strings costs ~100."""
+    hexes = "".join(t[5:] for t in tree_ids)
+    return np.frombuffer(bytes.fromhex(hexes), dtype=">u8").astype(np.uint64)
+
+
+PLAN_CHUNK = 65536
+"""Plan positions hashed at a time when matching a plan against what is done."""
+
+
 @dataclass(frozen=True)
 class TreePlan:
     """Every tree of a run by position: persona-major, sample-minor within a persona, the first
@@ -67,9 +80,25 @@ class TreePlan:
         tree_id = self.tree_id(index)
         return TreeSpec(self.run_id, tree_id, self.personas[persona], sample, derive_seed(tree_id, self.seed))
 
-    def pending(self, done: Collection[str]) -> list[int]:
-        """Positions of the trees whose ids are not in `done`."""
-        return [i for i in range(len(self)) if self.tree_id(i) not in done]
+    def done_mask(self, done: np.ndarray) -> np.ndarray:
+        """One bool per position: whether its tree's hash (`tree_hashes`) is in `done`. Positions
+        are hashed a chunk at a time, so the driver holds a bit per tree, never the ids."""
+        done = np.unique(np.asarray(done, dtype=np.uint64))
+        mask = np.zeros(len(self), dtype=bool)
+        if not done.size:
+            return mask
+        for start in range(0, len(self), PLAN_CHUNK):
+            stop = min(start + PLAN_CHUNK, len(self))
+            ids = np.fromiter((self._hash(i) for i in range(start, stop)), dtype=np.uint64, count=stop - start)
+            at = np.minimum(np.searchsorted(done, ids), done.size - 1)
+            mask[start:stop] = done[at] == ids
+        return mask
+
+    def _hash(self, index: int) -> int:
+        persona, sample = divmod(index, self.samples_per_persona)
+        digest = hashlib.blake2b("\x1f".join(map(str, (self.run_id, self.personas[persona].persona_id, sample,
+                                                      self.seed))).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
 
 
 def make_tree_specs(run_id: str, personas: Iterable[Persona], *, samples_per_persona: int = 1,
