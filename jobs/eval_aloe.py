@@ -15,6 +15,8 @@ Run it (same code three ways):
 Compare evaluations (eval folders, run folders or report.json files; local or s3://):
     python jobs/eval_aloe.py compare aloe-data/r1/eval/base aloe-data/r1/eval/dpo --output aloe-data/r1/compare
 Options: --help lists every config key; --key.sub=value overrides one.
+Exit code: 0 when every selected persona's rollout is ok (or at most --max_failed_share of them is
+not), 1 when more failed, 2 on bad input or an engine that does not answer (before any rollout).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def parse_compare(argv: list[str]) -> tuple[list[str], str, list[str] | None, st
 def main(argv: list[str] | None = None) -> int:
     from aloe_ray.config import ConfigError
     from aloe_ray.engines.models import ModelNotFoundError
+    from aloe_ray.engines.probe import EngineUnavailable
     from aloe_ray.personas.loaders import PersonaFileError
+    from aloe_ray.pipeline.outcome import Outcome
     from aloe_ray.storage import StorageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -87,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         from aloe_ray.pipeline.eval import run_eval
 
         report = run_eval(cfg)
-    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, FileNotFoundError) as exc:
+    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, FileNotFoundError,
+            EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0 if report["rollouts_failed"] == 0 else 1
+    outcome = Outcome("rollout", report["personas_selected"], report["personas"], cfg.max_failed_share)
+    print(outcome.line())
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Run it (same code three ways):
         -- python jobs/generate_trees.py --config my.yaml          # a running cluster
     (KubeRay RayJob entrypoint: python jobs/generate_trees.py --config ...)
 Options: --help lists every config key; --key.sub=value overrides one.
+Exit code: 0 when every requested tree is ok (or at most --max_failed_share of them is not), 1 when
+more failed, 2 on bad input or an engine that does not answer (before any tree grows).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def parse_config(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     from aloe_ray.config import ConfigError
     from aloe_ray.engines.models import ModelNotFoundError
+    from aloe_ray.engines.probe import EngineUnavailable
     from aloe_ray.personas.loaders import PersonaFileError
     from aloe_ray.pipeline.lease import LeaseError, RunBusy
+    from aloe_ray.pipeline.outcome import Outcome
     from aloe_ray.storage import StorageError
 
     try:
@@ -37,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         from aloe_ray.pipeline.generate import run_generation
 
         manifest = run_generation(cfg)
-    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, RunBusy, LeaseError) as exc:
+    except (ConfigError, PersonaFileError, StorageError, ModelNotFoundError, RunBusy, LeaseError,
+            EngineUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0 if manifest["counts"]["trees_ok"] + manifest["counts"]["trees_failed"] >= manifest["counts"]["trees_requested"] else 1
+    counts = manifest["counts"]
+    outcome = Outcome("tree", counts["trees_requested"], counts["trees_ok"], cfg.max_failed_share)
+    print(outcome.line())
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

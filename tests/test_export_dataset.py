@@ -93,7 +93,7 @@ def test_export_to_s3_and_bad_input(s3_bucket, s3_env, tmp_path):
     assert out.read("trees").num_rows == 5
 
     missing = run_export(f"--trees={tmp_path / 'nope'}")
-    assert missing.returncode == 2 and "no nodes table under" in missing.stderr
+    assert missing.returncode == 2 and "no trees table under" in missing.stderr
     unknown = run_export("--trees=x", "--keep_truncate=true")
     assert unknown.returncode == 2 and "did you mean 'keep_truncated'" in unknown.stderr
 

@@ -78,21 +78,52 @@ class _FlakyOutput(RunOutput):
         return super().commit(results)
 
 
-@pytest.mark.parametrize("failures, committed", [(2, True), (99, False)])
-def test_a_failing_commit_is_retried_then_reported_not_raised(tmp_path, monkeypatch, failures, committed):
+@pytest.mark.parametrize("failures, committed, spilled", [(2, True, 0), (8, True, 1), (99, False, 1)])
+def test_a_failing_commit_is_retried_then_spilled_then_reported_not_raised(tmp_path, monkeypatch, failures,
+                                                                          committed, spilled):
     monkeypatch.setattr(grower_module, "COMMIT_BACKOFF_S", 0.0)
+    monkeypatch.setattr(grower_module, "SPILL_BACKOFF_S", 0.0)
     out = _FlakyOutput(str(tmp_path), failures)
     from aloe_ray.config.generate import RolesConfig
 
     grower = TreeGrower(TreePlan("flaky", (PERSONA,)), RolesConfig(), {"default": ScriptedEngine()}, TreeShape(2), out)
     summary = asyncio.run(grower(pa.table({"spec_index": [0]})))
-    if committed:
+    assert grower.spilled == spilled and summary["spec_index"] == [0]
+    if committed:  # 8: the six tries at once failed, the part was kept and its second later try wrote it
         assert summary["status"] == ["ok"] and summary["part"][0].startswith("part-")
         assert out.read("trees").num_rows == 1
     else:
         assert summary["status"] == ["failed"] and summary["part"] == [None]
-        assert "commit failed after 6 attempts" in summary["failure_reason"][0] and "503" in summary["failure_reason"][0]
+        reason = summary["failure_reason"][0]
+        assert "commit failed after 10 attempts" in reason and "503" in reason and "a rerun grows it" in reason
         assert out.read("trees").num_rows == 0  # nothing half-written: the rerun grows it
+
+
+def test_a_spilled_part_commits_as_soon_as_another_part_does(tmp_path, monkeypatch):
+    """The store fails every try of part [0] until it is spilled; part [1] (held back until then)
+    commits, and that wakes part [0] at once, long before its 1000 s backoff."""
+    from aloe_ray.config.generate import RolesConfig
+    from aloe_ray.personas.model import Persona
+
+    monkeypatch.setattr(grower_module, "COMMIT_BACKOFF_S", 0.0)
+    monkeypatch.setattr(grower_module, "SPILL_BACKOFF_S", 1000.0)
+    personas = (Persona.pair("profile 0", "personality 0"), Persona.pair("held 1", "personality 1"))
+    out = _FlakyOutput(str(tmp_path), grower_module.COMMIT_ATTEMPTS)
+    engine = _HeldTree("held 1")
+    grower = TreeGrower(TreePlan("flaky", personas), RolesConfig(), {"default": engine}, TreeShape(2), out,
+                        trees_in_flight=2, trees_per_part=1)
+
+    async def run():
+        call = asyncio.ensure_future(grower(pa.table({"spec_index": [0, 1]})))
+        while not grower.spilled:
+            await asyncio.sleep(0.001)
+        assert out.read("trees").num_rows == 0  # part [0] is kept in the grower, not written, not dropped
+        engine.release.set()
+        return await asyncio.wait_for(call, 60)
+
+    summary = asyncio.run(run())
+    assert summary["status"] == ["ok", "ok"] and all(p.startswith("part-") for p in summary["part"])
+    assert sorted(out.read("trees")["tree_id"].to_pylist()) == sorted(summary["tree_id"])
 
 
 def test_growers_and_trees_in_flight_are_sized_to_the_cluster_and_the_engines():
@@ -121,15 +152,16 @@ def test_growers_and_trees_in_flight_are_sized_to_the_cluster_and_the_engines():
     assert (s.per_grower, s.batch) == (3, 4)
 
 
-class _SlowFirstTree(ScriptedEngine):
-    """Holds the first persona's tree until released."""
+class _HeldTree(ScriptedEngine):
+    """Holds the tree of the persona whose profile says `marker` until released."""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: str) -> None:
         super().__init__()
+        self.marker = marker
         self.release = asyncio.Event()
 
     async def chat(self, requests, affinity=None):
-        if "profile 0" in requests[0].messages[0]["content"]:
+        if self.marker in requests[0].messages[0]["content"]:
             await self.release.wait()
         await asyncio.sleep(0)
         return await super().chat(requests, affinity)
@@ -140,7 +172,7 @@ def test_trees_stream_through_a_growers_slots_without_waiting_for_a_part(tmp_pat
     from aloe_ray.personas.model import Persona
 
     personas = tuple(Persona.pair(f"profile {i}", f"personality {i}") for i in range(6))
-    engine = _SlowFirstTree()
+    engine = _HeldTree("profile 0")
     out = RunOutput(str(tmp_path), "s")
     grower = TreeGrower(TreePlan("s", personas), RolesConfig(), {"default": engine}, TreeShape(2), out,
                         trees_in_flight=2, trees_per_part=2)

@@ -20,6 +20,7 @@ import pytest
 
 from aloe_ray import storage
 from aloe_ray.personas.model import Persona
+from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.schema import DPO, NODES, SFT
 from aloe_ray.trees import TreeShape
 from conftest import REPO
@@ -35,15 +36,13 @@ def run_job(script: str, *args: str, env: dict | None = None, timeout: int = 900
 
 
 def write_trees(root: Path | str, n: int = 4, turns: int = 3, s3=None) -> str:
-    """A tree run root holding `n` scripted trees (nodes table only, as the trainers read it)."""
-    nodes = []
+    """A tree run root holding `n` scripted trees, committed in one part."""
+    results = []
     for i in range(n):
         persona = Persona.pair(f"Profile {i}: a {30 + i}-year-old baker in Lyon.", f"Personality {i}: terse, dry humour.")
-        result, _ = grow(TreeShape(turns, 2, "random", 64), run_id="trees", persona=persona)
-        nodes += result.nodes
-    root = str(root)
-    storage.write_parquet(storage.join(root, "nodes", "part-0.parquet"), pa.Table.from_pylist(nodes, NODES), s3)
-    return root
+        results.append(grow(TreeShape(turns, 2, "random", 64), run_id="trees", persona=persona)[0])
+    RunOutput.at(str(root), s3).commit(results)
+    return str(root)
 
 
 def meta(run_root: Path, job: str, name: str) -> dict:
@@ -164,10 +163,11 @@ def test_bad_input_fails_before_ray_starts(tmp_path, trees):
     proc = run_job("train_sft.py", f"--output={tmp_path}")
     assert proc.returncode == 2 and "set exactly one of data.trees" in proc.stderr
     proc = run_job("train_sft.py", f"--data.trees={tmp_path / 'nope'}", f"--output={tmp_path}")
-    assert proc.returncode == 2 and "no nodes table under" in proc.stderr
+    assert proc.returncode == 2 and "no trees table under" in proc.stderr
     no_probs = storage.read_parquet(f"{trees}/nodes").drop_columns(["judge_probs"])
     no_probs = no_probs.append_column(NODES.field("judge_probs"), pa.nulls(no_probs.num_rows, pa.list_(pa.float32())))
     storage.write_parquet(str(tmp_path / "unsure" / "nodes" / "part-0.parquet"), no_probs.select(NODES.names))
+    storage.write_parquet(str(tmp_path / "unsure" / "trees" / "part-0.parquet"), storage.read_parquet(f"{trees}/trees"))
     proc = run_job("train_dpo.py", f"--data.trees={tmp_path / 'unsure'}", f"--output={tmp_path}",
                    "--min_judge_margin=0.5")
     assert proc.returncode == 2 and "no dpo rows to train on" in proc.stderr and "after the filters" in proc.stderr

@@ -175,3 +175,19 @@ def test_specs_are_stable_and_limited():
     assert len({s.tree_id for s in specs}) == 4 and len({s.seed for s in specs}) == 4
     assert make_tree_specs("r", personas, samples_per_persona=2, limit=3) == specs[:3]
     assert make_tree_specs("r", personas, samples_per_persona=2) == specs
+
+
+def test_a_plan_is_matched_against_done_trees_by_their_64_bit_hashes():
+    import numpy as np
+
+    from aloe_ray.trees.spec import PLAN_CHUNK, TreePlan, tree_hashes
+
+    plan = TreePlan("r", tuple(Persona(f"p{i}", "x", "y") for i in range(700)), 200, 3)  # 140,000: chunks
+    assert len(plan) > 2 * PLAN_CHUNK
+    picked = [5, 0, PLAN_CHUNK - 1, PLAN_CHUNK, len(plan) - 1, 77_777]
+    done = tree_hashes([plan.tree_id(i) for i in picked] + ["tree-not-a-hex-id", "t1"])  # unsorted, strays
+    mask = plan.done_mask(done)
+    assert mask.dtype == bool and mask.shape == (len(plan),)
+    assert sorted(np.flatnonzero(mask).tolist()) == sorted(picked)
+    assert not plan.done_mask(done[:0]).any()
+    assert tree_hashes(["tree-00000000000000ff"]).tolist() == [255]

@@ -166,6 +166,11 @@ class EvalConfig(StrictModel):
     seed: int = 0
     """Mixed into every rollout id and sampling seed."""
 
+    max_failed_share: float = Field(default=0.0, ge=0, le=1)
+    """Exit code: 0 only when every selected persona's rollout is ok, or when at most this share of
+    them is not (failed, or never rolled out); else 1 (2: bad input or an engine that does not
+    answer, before any rollout runs)."""
+
     personas: EvalPersonasConfig = Field(default_factory=EvalPersonasConfig)
     """Persona source."""
 

@@ -117,6 +117,11 @@ class PipelineConfig(StrictModel):
     progress_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between progress lines."""
 
+    batch_retries: int = Field(default=2, ge=0)
+    """Times a batch is tried again when its grower actor dies under it (out of memory, a crash;
+    Ray restarts the actor). A batch that still kills it fails its trees with the reason, and the
+    run goes on without it: a rerun grows them again."""
+
     lease_ttl_s: float = Field(default=60.0, gt=0)
     """The driver renews the run's lease (jobs/generate_trees/lease.json) every third of this; a
     second driver on the run_id is refused while it is live. A dead driver's lease is taken over
@@ -160,6 +165,11 @@ class GenerateTreesConfig(StrictModel):
 
     seed: int = 0
     """Mixed into every tree id and sampling seed."""
+
+    max_failed_share: float = Field(default=0.0, ge=0, le=1)
+    """Exit code: 0 only when every requested tree is ok, or when at most this share of them is not
+    (failed, or never grown); else 1 (2: bad input or an engine that does not answer, before any tree
+    grows). 0: any failed tree fails the job; 1: failed trees never do."""
 
     personas: PersonaSourceConfig = Field(default_factory=PersonaSourceConfig)
     """Persona source."""

@@ -191,6 +191,11 @@ class GeneratePersonasConfig(StrictModel):
     seed: int = 0
     """Mixed into every request's example draw and sampling seed."""
 
+    max_failed_share: float = Field(default=0.0, ge=0, le=1)
+    """Exit code: 0 only when every generation request of the pool's rounds got a reply, or when at
+    most this share of them failed; else 1 (2: bad input or an engine that does not answer, before
+    any round runs)."""
+
     seeds: PoolSeedsConfig = Field(default_factory=PoolSeedsConfig)
     """Round 0 of the pool."""
 

@@ -127,7 +127,9 @@ class SftLoss(StrEnum):
 
 
 class TrainSFTConfig(_TrainConfig):
-    """Supervised fine-tuning on grown trees (TRL SFTTrainer on Ray Train; LoRA or full)."""
+    """Supervised fine-tuning on grown trees (TRL SFTTrainer on Ray Train; LoRA or full). Exit code:
+    0 when training finished and the model was exported, 1 when it did not (a rerun resumes from
+    the last checkpoint), 2 on bad input."""
 
     EMBEDDED_DEFAULT: ClassVar[dict] = {"optim": {"max_steps": 4, "max_length": 512, "save_steps": 2}}
     """Without a config file: a few steps on the bundled model, minutes on 2 CPU cores."""
@@ -149,7 +151,8 @@ class RejectedMode(StrEnum):
 
 class TrainDPOConfig(_TrainConfig):
     """Direct preference optimisation on grown trees (TRL DPOTrainer on Ray Train), from the base
-    model or an SFT run's output."""
+    model or an SFT run's output. Exit code: 0 when training finished and the model was exported,
+    1 when it did not (a rerun resumes from the last checkpoint), 2 on bad input."""
 
     EMBEDDED_DEFAULT: ClassVar[dict] = {"optim": {"max_steps": 4, "max_length": 512, "save_steps": 2}}
     """Without a config file: a few steps on the bundled model, minutes on 2 CPU cores."""

@@ -37,6 +37,7 @@ from ray import serve
 from aloe_ray.config.engines import EngineBackend, EngineConfig
 from aloe_ray.engines.base import ChatRequest, Completion, EngineError
 from aloe_ray.engines.factory import build_engine
+from aloe_ray.engines.probe import EngineUnavailable
 from aloe_ray.storage import S3Options
 
 ENGINE_DEPLOYMENT = "EngineServer"
@@ -379,7 +380,8 @@ def describe_engine(name: str, e: EngineConfig) -> str:
 
 def start_engines(engines: dict[str, EngineConfig], *, prefix: str, namespace: str,
                   s3: S3Options | None = None, start_timeout_s: float = 1800) -> Engines:
-    """Start (or attach to) every engine's Serve app and wait until each is RUNNING."""
+    """Start (or attach to) every engine's Serve app and wait until each is RUNNING: the check that
+    a local engine answers (EngineUnavailable when one does not)."""
     from ray.serve.config import ProxyLocation
     from ray.serve.schema import ApplicationStatus
 
@@ -400,8 +402,8 @@ def start_engines(engines: dict[str, EngineConfig], *, prefix: str, namespace: s
         for name, cfg in served.items():
             if cfg.serve_app:
                 if cfg.serve_app not in running:
-                    raise EngineError(f"engine '{name}': no Serve application '{cfg.serve_app}' runs on this "
-                                      f"cluster (running: {sorted(running) or 'none'})")
+                    raise EngineUnavailable(f"engine '{name}': no Serve application '{cfg.serve_app}' runs on "
+                                            f"this cluster (running: {sorted(running) or 'none'})")
                 clients[name] = ServedEngine(name, cfg.serve_app, cfg.model)
                 continue
             app = f"{prefix}.{name}"
@@ -418,9 +420,9 @@ def start_engines(engines: dict[str, EngineConfig], *, prefix: str, namespace: s
                 if status == ApplicationStatus.RUNNING:
                     waiting.remove(app)
                 elif status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
-                    raise EngineError(f"engine app '{app}' failed to start: {_app_message(apps[app])}")
+                    raise EngineUnavailable(f"engine app '{app}' failed to start: {_app_message(apps[app])}")
             if waiting and time.monotonic() > deadline:
-                raise EngineError(f"engine apps {waiting} not running after {start_timeout_s:.0f}s")
+                raise EngineUnavailable(f"engine apps {waiting} not running after {start_timeout_s:.0f}s")
             if waiting:
                 time.sleep(0.5)
     except BaseException:

@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 CHOICE_FIELD = "structured_outputs"
 
 
+def api_key(api_key_env: str | None) -> str:
+    """The key an engine sends: from the environment variable it names (an error if unset), else
+    a placeholder (the client requires one; a server without auth ignores it)."""
+    if not api_key_env:
+        return "not-needed"
+    key = os.environ.get(api_key_env, "")
+    if not key:
+        raise EngineError(f"environment variable {api_key_env} (engine api_key_env) is not set")
+    return key
+
+
 class OpenAIEngine:
     def __init__(
         self,
@@ -39,14 +50,10 @@ class OpenAIEngine:
     ) -> None:
         from openai import AsyncOpenAI
 
-        api_key = "not-needed"
-        if api_key_env:
-            api_key = os.environ.get(api_key_env, "")
-            if not api_key:
-                raise EngineError(f"environment variable {api_key_env} (engine api_key_env) is not set")
         self.model_name = model
         self.timeout_s = timeout_s
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
+        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key(api_key_env), timeout=timeout_s,
+                                  max_retries=max_retries)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._server_chooses = True  # until the server refuses `structured_outputs`
 

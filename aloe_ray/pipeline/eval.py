@@ -200,11 +200,13 @@ def _roll_out_all(cfg: EvalConfig, pending: list[RolloutSpec], out: EvalOutput, 
     from ray.data import ActorPoolStrategy, DataContext
 
     from aloe_ray.engines.deployment import describe_engine, start_engines
+    from aloe_ray.engines.probe import check_endpoints, roles_using
 
+    engines = cfg.used_engines()
+    check_endpoints(engines, roles_using(cfg.roles))  # before Ray starts or any rollout runs
     if not ray.is_initialized():
         ray.init(**cfg.ray.init_kwargs())
     DataContext.get_current().enable_progress_bars = False
-    engines = cfg.used_engines()
     log("[aloe-ray] starting engines: " + ", ".join(describe_engine(n, e) for n, e in engines.items()))
     pools = start_engines(engines, prefix=f"aloe-engine.{cfg.run_id}.{cfg.eval_name}",
                           namespace=cfg.ray.namespace, s3=s3)

@@ -25,7 +25,6 @@ from aloe_ray.config.export import ExportDatasetConfig
 from aloe_ray.pipeline.generate import MANIFEST_DIR
 from aloe_ray.pipeline.quality_report import read_parts
 from aloe_ray.pipeline.run_output import RunOutput
-from aloe_ray.pipeline.run_root import RunRoot
 from aloe_ray.pipeline.train import rows_from_trees
 from aloe_ray.storage import S3Options
 from aloe_ray.train.datasets import TreeDataError
@@ -67,19 +66,22 @@ def _arrow(table: pa.Table):
 
 
 def _facts(cfg: ExportDatasetConfig, roots: list[str], tables: dict, dropped: dict, s3: S3Options) -> dict:
-    runs, outs = [], [RunRoot(root, s3, RunOutput.SCHEMAS) for root in roots]
+    runs, outs = [], [RunOutput.at(root, s3) for root in roots]
     for root, out in zip(roots, outs):
-        trees = out.read_columns("trees", ["status", "persona_id", "profile", "personality", "models",
-                                           "prompt_version"])
-        ok = trees.filter(pc.equal(trees["status"], "ok"))
+        ok_trees, failed, broken = 0, 0, []
+        seen: dict[str, set] = {c: set() for c in ("persona_id", "profile", "personality", "models", "prompt_version")}
+        for part in out.committed(["status", *seen], (), broken=broken):
+            ok = part.trees.filter(pc.equal(part.trees["status"], "ok"))
+            ok_trees, failed = ok_trees + ok.num_rows, failed + part.trees.num_rows - ok.num_rows
+            for column, values in seen.items():
+                values.update(ok[column].to_pylist())
         manifest = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
         runs.append({
-            "run": root, "trees_ok": ok.num_rows, "trees_failed": trees.num_rows - ok.num_rows,
-            "personas": len(set(ok["persona_id"].to_pylist())),
-            "profiles": len(set(ok["profile"].to_pylist())), "personalities": len(set(ok["personality"].to_pylist())),
+            "run": root, "trees_ok": ok_trees, "trees_failed": failed, "trees_nodes_incomplete": len(broken),
+            "personas": len(seen["persona_id"]), "profiles": len(seen["profile"]),
+            "personalities": len(seen["personality"]),
             "persona_source": (manifest.get("config") or {}).get("personas"),
-            "models": sorted(set(ok["models"].to_pylist())),
-            "prompt_versions": sorted(set(ok["prompt_version"].to_pylist())),
+            "models": sorted(seen["models"]), "prompt_versions": sorted(seen["prompt_version"]),
             "tree": (manifest.get("config") or {}).get("tree"),
         })
     quality = quality_counts(part for out in outs for part in read_parts(out)).summary()

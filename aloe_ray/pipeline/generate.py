@@ -18,6 +18,7 @@ from aloe_ray.config import GenerateTreesConfig, RolesConfig, save_config
 from aloe_ray.engines.factory import check_engine
 from aloe_ray.config.engines import EngineBackend
 from aloe_ray.personas.loaders import load_personas
+from aloe_ray.pipeline.memory import release_freed_memory
 from aloe_ray.pipeline.lease import RunBusy, RunLease, fence_disabled
 from aloe_ray.pipeline.quality_report import write_quality_report
 from aloe_ray.pipeline.run_output import RunOutput
@@ -25,6 +26,7 @@ from aloe_ray.prompts import PROMPT_VERSION
 from aloe_ray.schema import NODES, TREES
 from aloe_ray.storage import S3Options
 from aloe_ray.trees import TreePlan, TreeShape
+from aloe_ray.trees.spec import PLAN_CHUNK
 from aloe_ray.trees.quality import pct
 
 MANIFEST_DIR = "jobs/generate_trees"
@@ -142,25 +144,32 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
     out.pin_settings(SETTINGS_FILE, tree_settings(cfg), made="grown", instead="another --run_id")
     out.write_text(MANIFEST_DIR + "/config.yaml", save_config(cfg))
     recovered = out.recover(retry_failed=cfg.pipeline.retry_failed)
-    done = recovered.ok | recovered.failed
-    pending = plan.pending(done)
-    del done, recovered.ok, recovered.failed  # the driver keeps positions, not ids
+    todo = ~plan.done_mask(recovered.done)  # the driver keeps a bit per plan position, not ids
+    recovered.ok = recovered.failed = recovered.ok[:0]
+    release_freed_memory()  # the scan's allocator caches, before Ray starts
+    to_grow = int(todo.sum())
     log(f"[aloe-ray] run {cfg.run_id}: {len(plan)} trees requested from {len(plan.personas)} personas; "
-        f"{len(plan) - len(pending)} already done, {len(pending)} to grow -> {out.root}")
-    if recovered.orphan_parts_removed or recovered.failed_rows_dropped or recovered.superseded_parts_removed:
-        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s) and "
-            f"{recovered.superseded_parts_removed} part(s) an interrupted compaction had replaced; "
+        f"{len(plan) - to_grow} already done, {to_grow} to grow -> {out.root}")
+    if recovered.orphan_parts_removed or recovered.failed_rows_dropped or recovered.superseded_parts_removed \
+            or recovered.temp_files_removed:
+        log(f"[aloe-ray] recovery: removed {recovered.orphan_parts_removed} uncommitted part(s), "
+            f"{recovered.superseded_parts_removed} part(s) an interrupted compaction had replaced and "
+            f"{recovered.temp_files_removed} stale temporary file(s); "
             f"{recovered.failed_rows_dropped} failed tree(s) will be grown again")
+    if recovered.broken_trees_dropped:
+        log(f"[aloe-ray] WARNING (recovery): {recovered.broken_trees_dropped} committed ok tree(s) had missing "
+            "nodes or a nodes count other than num_nodes; their rows were dropped and they will be grown again")
 
     engine_stats: dict = {"grow_s": 0.0}
-    if pending:
-        engine_stats = _grow(cfg, plan, pending, shape, out, s3, lease, log=log)
+    if to_grow:
+        engine_stats = _grow(cfg, plan, todo, shape, out, s3, lease, log=log)
     lease.check()
     replaced = out.compact(cfg.pipeline.trees_per_file)
     if replaced:
         log(f"[aloe-ray] compacted {replaced} small parts into parts of up to {cfg.pipeline.trees_per_file} trees")
     previous = json.loads(out.read_text(MANIFEST_DIR + "/manifest.json") or "{}")
     manifest = _manifest(cfg, out, started, engine_stats, requested=len(plan))
+    release_freed_memory()
     if previous.get("quality") and previous.get("counts") == manifest["counts"] and not replaced:
         manifest["quality"] = previous["quality"]  # nothing changed since it was computed
     else:
@@ -169,7 +178,9 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
     c, q = manifest["counts"], manifest["quality"]
     log(f"[aloe-ray] finished run {cfg.run_id}: {c['trees_ok']} ok, {c['trees_failed']} failed trees, "
         f"{c['nodes']} nodes, {c['pairs']} preference pairs, {manifest['timing']['wall_s']:.0f}s")
-    log(f"[aloe-ray] quality: inducer parsed {pct(q['inducer_parse_rate'])}, cut at max_tokens "
+    log("[aloe-ray] quality: no judged turns (no tree of the run is ok): nothing to measure"
+        if not q["judged_turns"] else
+        f"[aloe-ray] quality: inducer parsed {pct(q['inducer_parse_rate'])}, cut at max_tokens "
         + ", ".join(f"{r} {pct(v)}" for r, v in q["cut_share"].items())
         + f"; personalized chosen {pct(q['personalized_chosen_rate'])}, judge chose "
         + "/".join(f"{p} {pct(v)}" for p, v in q["chosen_position_share"].items())
@@ -181,48 +192,48 @@ def _run(cfg: GenerateTreesConfig, out: RunOutput, plan: TreePlan, shape, s3, st
     return manifest
 
 
-def _grow(cfg: GenerateTreesConfig, plan: TreePlan, pending: list[int], shape, out: RunOutput, s3, lease: RunLease,
+def _grow(cfg: GenerateTreesConfig, plan: TreePlan, todo, shape, out: RunOutput, s3, lease: RunLease,
           *, log) -> dict:
     import ray
     from ray.data import DataContext
 
     from aloe_ray.engines.deployment import describe_engine, start_engines
+    from aloe_ray.engines.probe import check_endpoints, roles_using
 
+    engines = cfg.used_engines()
+    check_endpoints(engines, roles_using(cfg.roles))  # before Ray starts or any tree grows
     if not ray.is_initialized():
         ray.init(**cfg.ray.init_kwargs())
     ctx = ray.get_runtime_context()
     lease.record_ray(ctx.gcs_address, ctx.get_job_id())  # a driver that takes over waits for our growers
     DataContext.get_current().enable_progress_bars = False
-    engines = cfg.used_engines()
     log("[aloe-ray] starting engines: " + ", ".join(describe_engine(n, e) for n, e in engines.items()))
     pools = start_engines(engines, prefix=f"aloe-engine.{cfg.run_id}", namespace=cfg.ray.namespace, s3=s3)
     try:
-        return _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, log=log)
+        return _grow_with(cfg, plan, todo, shape, out, pools, engines, lease, log=log)
     finally:
         pools.close()  # the engines' Serve apps are the run's: a rerun starts them afresh
 
 
-def _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, *, log) -> dict:
+def _grow_with(cfg, plan, todo, shape, out, pools, engines, lease, *, log) -> dict:
     import numpy as np
     import ray
     from ray.data import ActorPoolStrategy
 
     from aloe_ray.pipeline.grower import TreeGrower
+    from aloe_ray.pipeline.lost_batches import RayDataErrors, record_lost
     from aloe_ray.pipeline.progress import Heartbeat, Progress, ProgressBoard
 
     p = cfg.pipeline
-    sizing = grow_sizing(p, ray.cluster_resources().get("CPU", 1.0), engines, trees=len(pending))
+    to_grow = int(todo.sum())
+    sizing = grow_sizing(p, ray.cluster_resources().get("CPU", 1.0), engines, trees=to_grow)
     log(f"[aloe-ray] {sizing.growers} grower actor(s)"
         + (" (sized to the cluster's CPUs)" if p.grower_actors is None else "")
         + f", {sizing.growers * sizing.per_grower} trees in flight"
         + (" (the engines' concurrency)" if p.trees_in_flight is None else "")
         + f", batches of {sizing.batch} trees")
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-    # The driver sends positions in the plan (8 bytes a tree), one block per batch; the growers
-    # rebuild the specs from the plan they were given once.
-    blocks = math.ceil(len(pending) / sizing.batch)
-    ds = ray.data.from_arrow([pa.table({"spec_index": pa.array(chunk, pa.int64())})
-                              for chunk in np.array_split(np.asarray(pending, dtype=np.int64), blocks)])
+    ds = ray.data.from_arrow_refs([ray.put(block) for block in todo_blocks(todo, sizing.batch)])
     ds = ds.map_batches(
         TreeGrower,
         batch_size=None,  # a block is a batch
@@ -231,14 +242,17 @@ def _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, *, log) ->
                                   max_concurrent_calls_per_actor=BATCHES_PER_GROWER),
         num_cpus=p.grower_num_cpus,
         scheduling_strategy="SPREAD",  # over the nodes: each grower costs CPU in its HTTP client
+        # A grower that dies under a batch is restarted (Ray Data: max_restarts=-1) and the batch
+        # tried again this many times, not forever (lost_batches.py).
+        max_task_retries=p.batch_retries,
         fn_constructor_kwargs={"plan": plan, "roles": cfg.roles, "engines": dict(pools), "shape": shape, "output": out,
                                "board": board, "trees_in_flight": sizing.per_grower,
                                "trees_per_part": p.trees_per_part, "fence": lease.fence()},
     )
+    ds.context.max_errored_blocks = -1  # a batch given up on is dropped, the others go on; recorded below
     total = len(plan)
-    already = total - len(pending)
     grow_started = time.monotonic()
-    progress = Progress(total=total, already_done=already, to_grow=len(pending), max_turns=shape.max_turns,
+    progress = Progress(total=total, already_done=total - to_grow, to_grow=to_grow, max_turns=shape.max_turns,
                         interval_s=p.progress_interval_s, log=log)
     first_tokens: list[int | None] = []
 
@@ -256,9 +270,20 @@ def _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, *, log) ->
     except Exception as exc:  # noqa: BLE001 - progress must never break the run
         log(f"[trees] (progress poll failed: {type(exc).__name__}: {exc})")
     heartbeat = Heartbeat(progress, poll)
-    with heartbeat:
+    returned = np.zeros(len(plan), dtype=bool)  # a bit per plan position: its batch came back
+    with heartbeat, RayDataErrors() as dropped:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            returned[batch.column("spec_index").to_numpy()] = True
             progress.update(batch.to_pylist())
+    if (todo & ~returned).any():
+        reason = (f"its batch never came back: Ray Data gave up on it (a grower that dies under a batch is "
+                  f"restarted and the batch tried again {p.batch_retries} time(s)): {dropped.summary()}")
+        models = {r: engines[getattr(cfg.roles, r).engine].model for r in RolesConfig.model_fields}
+        lost = record_lost(out, plan, todo_blocks(todo, sizing.batch), returned, trees_per_part=p.trees_per_part,
+                           shape=shape, models=models, reason=reason, fence=lease.fence())
+        log(f"[aloe-ray] WARNING: {len(lost)} tree(s) recorded as failed: {reason}")
+        progress.update([{"tree_id": t, "status": "failed", "failure_reason": r, "completion_tokens": 0}
+                         for t, r in lost])
     heartbeat.beat()
     for tree_id, reason in progress.failures[:5]:
         log(f"[aloe-ray] failed {tree_id}: {reason}")
@@ -266,6 +291,22 @@ def _grow_with(cfg, plan, pending, shape, out, pools, engines, lease, *, log) ->
                    "growers_by_node": ray.get(board.placement.remote(), timeout=30)}
     stats.update(pools.stats(settle=True))
     return stats
+
+
+def todo_blocks(todo, batch: int):
+    """The positions still to grow as Ray Data blocks of `batch` (a block is a grower's batch),
+    made from the to-do bits a chunk at a time: 8 bytes a tree to grow, in the object store; the
+    driver never holds the list."""
+    import numpy as np
+
+    carry = np.empty(0, np.int64)
+    for start in range(0, len(todo), PLAN_CHUNK):
+        carry = np.concatenate([carry, start + np.flatnonzero(todo[start:start + PLAN_CHUNK])])
+        while carry.size >= batch:
+            yield pa.table({"spec_index": pa.array(carry[:batch], pa.int64())})
+            carry = carry[batch:]
+    if carry.size:
+        yield pa.table({"spec_index": pa.array(carry, pa.int64())})
 
 
 BATCHES_PER_GROWER = 4
@@ -312,26 +353,25 @@ def engine_concurrency(e) -> int:
 
 
 def _manifest(cfg: GenerateTreesConfig, out: RunOutput, started: float, engine_stats: dict, *, requested: int) -> dict:
-    # Only the trees table's small columns, and the nodes' row count from Parquet footers: the
-    # driver never loads the nodes table.
-    trees = out.read_columns("trees", ["status", "num_pairs", "llm_calls", "prompt_tokens", "completion_tokens"])
-    nodes_count = out.count_rows("nodes")
-    ok = trees.filter(pc.equal(trees["status"], "ok"))
+    # The committed trees, a part at a time: the trees' small columns and the nodes' tree ids
+    # (the reader's count check); the driver never holds a table of the whole run.
+    counts = {"trees_requested": requested, **dict.fromkeys(
+        ("trees_ok", "trees_failed", "nodes", "pairs", "llm_calls", "prompt_tokens", "completion_tokens"), 0)}
+    for part in out.committed(["status", "num_pairs", "llm_calls", "prompt_tokens", "completion_tokens"], ()):
+        trees = part.trees
+        ok = trees.filter(pc.equal(trees["status"], "ok"))
+        counts["trees_ok"] += ok.num_rows
+        counts["trees_failed"] += trees.num_rows - ok.num_rows
+        counts["nodes"] += part.nodes.num_rows
+        counts["pairs"] += int(pc.sum(ok["num_pairs"]).as_py() or 0)
+        for column in ("llm_calls", "prompt_tokens", "completion_tokens"):
+            counts[column] += int(pc.sum(trees[column]).as_py() or 0)
     return {
         "run_id": cfg.run_id,
         "job": "generate_trees",
         "output": out.root,
         "prompt_version": PROMPT_VERSION,
-        "counts": {
-            "trees_requested": requested,
-            "trees_ok": ok.num_rows,
-            "trees_failed": trees.num_rows - ok.num_rows,
-            "nodes": nodes_count,
-            "pairs": int(pc.sum(ok["num_pairs"]).as_py() or 0),
-            "llm_calls": int(pc.sum(trees["llm_calls"]).as_py() or 0),
-            "prompt_tokens": int(pc.sum(trees["prompt_tokens"]).as_py() or 0),
-            "completion_tokens": int(pc.sum(trees["completion_tokens"]).as_py() or 0),
-        },
+        "counts": counts,
         "files": {t: len(storage.list_files(out.table(t), ".parquet", out.s3)) for t in ("nodes", "trees")},
         "timing": {"wall_s": time.time() - started, "grow_s": engine_stats.pop("grow_s")},
         "growers_by_node": engine_stats.pop("growers_by_node", {}),

@@ -7,11 +7,18 @@ Data hands it several): a slot freed by a finished tree goes to the next waiting
 so no batch's slowest tree idles the others' concurrency. A batch's trees are committed in
 parts of `trees_per_part` consecutive trees, each as soon as its trees are grown; the parts of
 a batch are the same on every try (a retried batch rewrites the same files).
+
+A part whose commit keeps failing (an S3 outage, a throttling burst) is not thrown away: its
+grown trees stay in the grower (spilled) and their commit is tried again later, at once when
+another part of this grower commits (the store answers again), else with a growing backoff, while
+the grower goes on growing; only when the last try fails do the part's trees fail, with the reason
+(a rerun grows them again). A fenced commit is never tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pyarrow as pa
@@ -28,7 +35,14 @@ REPORT_INTERVAL_S = 1.0
 
 COMMIT_ATTEMPTS = 6
 COMMIT_BACKOFF_S = 1.0
-"""Tries of a part's commit (backoff 1, 2, 4, 8, 16 s) before the batch fails."""
+"""Tries of a part's commit at once (backoff 1, 2, 4, 8, 16 s) before it is spilled."""
+
+SPILL_ATTEMPTS = 4
+SPILL_BACKOFF_S = 30.0
+"""Later tries of a spilled part: as soon as another part of the grower commits, at most after
+30, 60, 120, 240 s (about 7.5 min in all); after the last one its trees fail."""
+
+log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ("tree_id", "status", "failure_reason", "num_nodes", "num_pairs",
                    "prompt_tokens", "completion_tokens", "llm_calls", "part")
@@ -56,6 +70,10 @@ class TreeGrower:
         self.trees_in_flight = trees_in_flight
         self.trees_per_part = trees_per_part
         self._slots: asyncio.Semaphore | None = None  # made in the event loop that runs the batches
+        self._committed: asyncio.Event | None = None
+        """Set (and replaced) whenever a part commits: wakes the spilled parts to try again."""
+        self.spilled = 0
+        """Parts whose commit failed its first tries and was kept for later."""
         self.board = board
         """Handle of the run's ProgressBoard actor (or None): told where this grower runs, of tree
         starts and of finished turns, fire and forget."""
@@ -72,11 +90,14 @@ class TreeGrower:
     async def __call__(self, batch: pa.Table) -> dict:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.trees_in_flight)
-        specs = [self.plan.spec(i) for i in batch.column("spec_index").to_pylist()]
+            self._committed = asyncio.Event()
+        positions = batch.column("spec_index").to_pylist()
+        specs = [self.plan.spec(i) for i in positions]
         k = self.trees_per_part
         parts = await asyncio.gather(*(self._grow_part(specs[i:i + k]) for i in range(0, len(specs), k)))
         self._report(force=True)
-        return {c: [v for part in parts for v in part[c]] for c in SUMMARY_COLUMNS}
+        # The positions come back too: the driver tells from them which batches never returned.
+        return {"spec_index": positions, **{c: [v for part in parts for v in part[c]] for c in SUMMARY_COLUMNS}}
 
     async def _grow_part(self, specs: list[TreeSpec]) -> dict:
         results = await asyncio.gather(*(self._grow(s) for s in specs))
@@ -89,8 +110,8 @@ class TreeGrower:
             summary["failure_reason"] = [f"fenced (not written): {exc}"] * len(results)
         except Exception as exc:  # noqa: BLE001 - the trees stay unwritten: a rerun grows them again
             part = None
-            reason = f"commit failed after {COMMIT_ATTEMPTS} attempts (not written; a rerun grows it): " \
-                     f"{type(exc).__name__}: {str(exc)[:500]}"
+            reason = f"commit failed after {COMMIT_ATTEMPTS + SPILL_ATTEMPTS} attempts (not written; a rerun " \
+                     f"grows it): {type(exc).__name__}: {str(exc)[:500]}"
             summary["status"] = ["failed"] * len(results)
             summary["failure_reason"] = [reason] * len(results)
         summary["part"] = [part] * len(results)
@@ -98,17 +119,38 @@ class TreeGrower:
 
     async def _commit(self, results) -> str:
         """Commit the part, retrying a failed write (a transient S3 error): the part's file names
-        derive from its tree ids, so a retry rewrites the same files."""
-        for attempt in range(COMMIT_ATTEMPTS):
+        derive from its tree ids, so a retry rewrites the same files. After COMMIT_ATTEMPTS the
+        part is spilled: kept, and tried again when another part commits or its backoff ends."""
+        last = COMMIT_ATTEMPTS + SPILL_ATTEMPTS - 1
+        for attempt in range(last + 1):
+            if attempt >= COMMIT_ATTEMPTS:
+                await self._another_commit(SPILL_BACKOFF_S * 2.0 ** (attempt - COMMIT_ATTEMPTS))
+            elif attempt:
+                await asyncio.sleep(min(COMMIT_BACKOFF_S * 2.0 ** (attempt - 1), 30.0))
             try:
-                return await asyncio.to_thread(self.output.commit, results, self.fence)
+                part = await asyncio.to_thread(self.output.commit, results, self.fence)
             except Fenced:
                 raise  # not ours to write any more: never retried
-            except Exception:  # noqa: BLE001 - retried; the last failure is the caller's
-                if attempt == COMMIT_ATTEMPTS - 1:
+            except Exception as exc:  # noqa: BLE001 - retried; the last failure is the caller's
+                if attempt == last:
                     raise
-                await asyncio.sleep(min(COMMIT_BACKOFF_S * 2.0**attempt, 30.0))
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    self.spilled += 1
+                    log.warning("commit of %d tree(s) failed %d times (%s: %s); kept in the grower and tried "
+                                "again when another part commits, or after %.0fs", len(results), attempt + 1,
+                                type(exc).__name__, str(exc)[:300], SPILL_BACKOFF_S)
+                continue
+            self._committed.set()  # wake the spilled parts: the store answers again
+            self._committed = asyncio.Event()
+            return part
         raise AssertionError("unreachable")
+
+    async def _another_commit(self, timeout_s: float) -> None:
+        """Until another part of this grower commits, or `timeout_s` passes."""
+        try:
+            await asyncio.wait_for(self._committed.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     async def _grow(self, spec: TreeSpec):
         async with self._slots:

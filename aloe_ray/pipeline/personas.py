@@ -89,6 +89,7 @@ def load_benchmark_files(cfg: GeneratePersonasConfig, s3: S3Options) -> dict[str
 def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
     """Everything that can be wrong with the inputs, before Ray starts or any model loads."""
     from aloe_ray.engines.factory import check_engine
+    from aloe_ray.engines.probe import check_endpoints
 
     seeds, label = load_seed_pool(cfg, s3)
     bench = load_benchmark_files(cfg, s3)
@@ -100,6 +101,7 @@ def check_inputs(cfg: GeneratePersonasConfig, s3: S3Options):
     engine = cfg.engines[cfg.generator.engine]
     check_engine(engine)
     resolve_embedder(cfg.embedding.model)
+    check_endpoints({cfg.generator.engine: engine}, {cfg.generator.engine: ["generator"]})
     return seeds, label, bench
 
 
@@ -316,6 +318,8 @@ def _manifest(cfg, out: PoolOutput, started: float, timing: dict, split_info: di
             "profiles": sum(r["accepted"] for r in rounds if r["kind"] == "profile"),
             "personalities": sum(r["accepted"] for r in rounds if r["kind"] == "personality"),
             "rounds": max((r["round"] for r in rounds), default=0),
+            "requests": sum(r["requests"] or 0 for r in rounds),
+            "requests_failed": sum(r["requests_failed"] or 0 for r in rounds),
             "personas_train": sum(p.split == "train" for p in personas),
             "personas_benchmark": sum(p.split == "benchmark" for p in personas),
         },

@@ -1,12 +1,12 @@
 """The data quality report of a tree run: `jobs/generate_trees/quality.{md,png}` and the
-manifest's `quality`. Reads the nodes table one committed part at a time, only the columns the
-figures need (see `aloe_ray.trees.quality` for the figures and their thresholds)."""
+manifest's `quality`. Reads the committed trees' nodes one part at a time (`RunOutput.committed`),
+only the columns the figures need (see `aloe_ray.trees.quality` for the figures and their thresholds)."""
 
 from __future__ import annotations
 
 import io
 
-from aloe_ray.pipeline.run_root import RunRoot
+from aloe_ray.pipeline.run_output import RunOutput
 from aloe_ray.train.datasets import NODE_COLUMNS
 from aloe_ray.trees.quality import quality_counts, quality_markdown, warnings
 
@@ -15,13 +15,13 @@ COLUMNS = (*NODE_COLUMNS, "induced_ok", "induced_finish_reason", "judge_choice",
 """The nodes columns the figures read: the training rows' (DPO survival is one figure) and the labels'."""
 
 
-def read_parts(out: RunRoot):
-    """Each nodes part of the run as row dicts (committed parts hold whole trees)."""
-    for table in out.iter_columns("nodes", list(COLUMNS)):
-        yield table.to_pylist()
+def read_parts(out: RunOutput):
+    """The committed trees' nodes as row dicts, one part at a time (a part holds whole trees)."""
+    for part in out.committed((), COLUMNS):
+        yield part.nodes.to_pylist()
 
 
-def write_quality_report(out: RunRoot, folder: str, *, title: str) -> dict:
+def write_quality_report(out: RunOutput, folder: str, *, title: str) -> dict:
     """Compute the report, write `<folder>/quality.md` and `<folder>/quality.png`; returns the
     summary with its `warnings`."""
     summary = quality_counts(read_parts(out)).summary()

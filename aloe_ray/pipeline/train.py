@@ -25,9 +25,9 @@ from aloe_ray.config import save_config
 from aloe_ray.config.train import TrainDPOConfig, TrainSFTConfig
 from aloe_ray.engines.models import check_model_spec
 from aloe_ray.pipeline.generate import package_versions
-from aloe_ray.schema import DPO, NODES, SFT
+from aloe_ray.pipeline.run_output import RunOutput
+from aloe_ray.schema import DPO, SFT
 from aloe_ray.storage import S3Options
-from aloe_ray.pipeline.run_root import RunRoot
 from aloe_ray.train.datasets import NODE_COLUMNS, DpoFilters, TreeDataError, dpo_pairs, sft_examples
 
 class TrainingFailed(RuntimeError):
@@ -90,18 +90,24 @@ def training_rows(cfg, task: str, s3: S3Options, dropped: Counter | None = None)
 def rows_from_trees(trees: str, task: str, cfg, s3: S3Options, dropped: Counter) -> pa.Table:
     """SFT or DPO rows of one or more tree runs (comma-separated run roots), with `cfg`'s filters
     (loss_on; rejected, personalized_chosen_only, min_judge_margin; keep_truncated). Shared by
-    the training jobs and the dataset export."""
+    the training jobs and the dataset export. Only committed trees count, one part's nodes at a
+    time (`RunOutput.committed`); trees whose nodes are incomplete are counted in `dropped`."""
     rows: list[dict] = []
     for root in [r.strip() for r in trees.split(",") if r.strip()]:
-        if not storage.exists(storage.join(root, "nodes"), s3):
-            raise TreeDataError(f"no nodes table under {root}: is it a tree run root (<output>/<run_id>)?")
-        nodes = RunRoot(root, s3, {"nodes": NODES}).read_columns("nodes", list(NODE_COLUMNS)).to_pylist()
-        if task == "sft":
-            rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
-                                 dropped=dropped)
-        else:
-            rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
-                                                cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
+        out = RunOutput.at(root, s3)
+        if not storage.exists(out.table("trees"), s3):
+            raise TreeDataError(f"no trees table under {root}: is it a tree run root (<output>/<run_id>)?")
+        broken: list[str] = []
+        for part in out.committed((), NODE_COLUMNS, broken=broken):
+            nodes = part.nodes.to_pylist()
+            if task == "sft":
+                rows += sft_examples(nodes, loss_on=cfg.loss_on.value, keep_truncated=cfg.keep_truncated,
+                                     dropped=dropped)
+            else:
+                rows += dpo_pairs(nodes, DpoFilters(cfg.personalized_chosen_only, cfg.min_judge_margin,
+                                                    cfg.rejected.value, cfg.keep_truncated), dropped=dropped)
+        if broken:
+            dropped["tree_nodes_incomplete"] += len(broken)  # a rerun of the tree job grows them again
     return pa.Table.from_pylist(rows, schema=SFT if task == "sft" else DPO)
 
 
@@ -301,7 +307,7 @@ def _tree_runs_hint(output: str = "./aloe-data") -> str:
     """Local tree runs the user may have meant (`./dev generate` writes them)."""
     from pathlib import Path
 
-    runs = sorted((p.parent for p in Path(output).glob("*/nodes")), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p.parent for p in Path(output).glob("*/trees")), key=lambda p: p.stat().st_mtime)
     if not runs:
         return "\n  (no tree runs under ./aloe-data yet: `./dev generate` grows some)"
     return "\n  tree runs found: " + ", ".join(f"--data.trees={p}" for p in runs[-3:])

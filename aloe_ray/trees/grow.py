@@ -109,7 +109,19 @@ async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
         status, reason = "failed", f"unexpected {type(exc).__name__} while growing: {str(exc)[:1800]}"
     c = growth.counters
     nodes = c.nodes if status == "ok" else []
-    tree = {
+    return TreeResult(tree=_tree_row(spec, shape, roles.models(), status, reason, c, len(nodes),
+                                     time.monotonic() - started), nodes=nodes)
+
+
+def lost_tree(spec: TreeSpec, shape: TreeShape, models: dict[str, str], reason: str) -> TreeResult:
+    """The record of a tree whose growth never returned (its grower died under it every time):
+    failed with `reason`, no nodes, nothing counted."""
+    return TreeResult(tree=_tree_row(spec, shape, models, "failed", reason, _Counters(), 0, 0.0), nodes=[])
+
+
+def _tree_row(spec: TreeSpec, shape: TreeShape, models: dict[str, str], status: str, reason: str | None,
+              c: _Counters, num_nodes: int, latency_s: float) -> dict[str, Any]:
+    return {
         "run_id": spec.run_id,
         "tree_id": spec.tree_id,
         "persona_id": spec.persona.persona_id,
@@ -120,18 +132,17 @@ async def grow_tree(spec: TreeSpec, roles: TreeRoles, shape: TreeShape,
         "failure_reason": reason,
         "policy": shape.policy,
         "turns": c.turns,
-        "num_nodes": len(nodes),
+        "num_nodes": num_nodes,
         "num_pairs": c.pairs if status == "ok" else 0,
         "llm_calls": c.llm_calls,
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
-        "latency_s": time.monotonic() - started,
+        "latency_s": latency_s,
         "seed": spec.seed,
-        "models": json.dumps(roles.models(), sort_keys=True),
+        "models": json.dumps(models, sort_keys=True),
         "prompt_version": PROMPT_VERSION,
         "finished_at": datetime.now(timezone.utc),
     }
-    return TreeResult(tree=tree, nodes=nodes)
 
 
 class _Growth:

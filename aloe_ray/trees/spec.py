@@ -44,9 +44,24 @@ def tree_id_for(run_id: str, persona_id: str, sample: int, seed: int) -> str:
 
 def tree_hashes(tree_ids: Iterable[str]) -> np.ndarray:
     """The 64 bits behind each tree id ('tree-' + 16 hex digits), as uint64: 8 bytes a tree where
-    a set of id strings costs ~100."""
-    hexes = "".join(t[5:] for t in tree_ids)
-    return np.frombuffer(bytes.fromhex(hexes), dtype=">u8").astype(np.uint64)
+    a set of id strings costs ~100. An id of another form (a test's, a hand-made table's) is
+    hashed the way `stable_id` hashes."""
+    ids = list(tree_ids)
+    try:
+        if all(len(t) == 21 and t.startswith("tree-") for t in ids):
+            return np.frombuffer(bytes.fromhex("".join(t[5:] for t in ids)), dtype=">u8").astype(np.uint64)
+    except ValueError:
+        pass
+    return np.array([int(t[5:], 16) if len(t) == 21 and t.startswith("tree-") and _is_hex(t[5:])
+                     else int(stable_id(t), 16) for t in ids], dtype=np.uint64)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 PLAN_CHUNK = 65536
@@ -83,7 +98,9 @@ class TreePlan:
     def done_mask(self, done: np.ndarray) -> np.ndarray:
         """One bool per position: whether its tree's hash (`tree_hashes`) is in `done`. Positions
         are hashed a chunk at a time, so the driver holds a bit per tree, never the ids."""
-        done = np.unique(np.asarray(done, dtype=np.uint64))
+        done = np.asarray(done, dtype=np.uint64)
+        if done.size > 1 and not (done[1:] >= done[:-1]).all():
+            done = np.sort(done)
         mask = np.zeros(len(self), dtype=bool)
         if not done.size:
             return mask
